@@ -1,0 +1,330 @@
+"""Typed configuration: one pydantic model per stage, ``PipelineConfig`` over them, YAML recipes.
+
+Fields that change results take part in each stage's content hash; fields that only change how the
+work runs (concurrency, device, API keys, paths of caches) are marked ``runtime`` and are left out,
+so turning a runtime knob never invalidates committed work.
+
+Recipes live in ``deployments/configs/*.yaml``. Environment variables override any field:
+``SIGHTSOUND__TEACHER__K=3`` sets ``teacher.k``; the value is read as YAML (``3`` is an int).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CODE_VERSION = "0.1.0"
+ENV_PREFIX = "SIGHTSOUND__"
+
+
+def runtime(*args: Any, **kwargs: Any) -> Any:
+    """A field that changes how work runs, never what it produces: excluded from hashes."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra["runtime"] = True
+    return Field(*args, json_schema_extra=extra, **kwargs)
+
+
+class StageConfig(BaseModel):
+    """Base of all configs: unknown keys are errors, so a typo fails before any work starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def hash_payload(self) -> dict[str, Any]:
+        """The fields that change results, recursively, as plain JSON-able data."""
+        out: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("runtime"):
+                continue
+            value = getattr(self, name)
+            out[name] = _payload(value)
+        return out
+
+    def content_hash(self) -> str:
+        return digest(self.hash_payload())
+
+
+def _payload(value: Any) -> Any:
+    if isinstance(value, StageConfig):
+        return value.hash_payload()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_payload(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _payload(v) for k, v in value.items()}
+    return value
+
+
+def digest(payload: Any, length: int = 16) -> str:
+    """A stable hex digest of JSON-able data (key order does not matter)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+class StoreConfig(StageConfig):
+    root: str = runtime(
+        "file://./data",
+        description="Object-store root as an fsspec URI: file://path (relative to the working "
+        "directory) or s3://bucket/prefix.",
+    )
+    storage_options: dict[str, Any] = runtime(
+        default_factory=dict,
+        description="fsspec storage options, e.g. {client_kwargs: {endpoint_url: ...}} for S3.",
+    )
+
+
+class SyntheticConfig(StageConfig):
+    """The procedural audio-visual world (see sightsound_core.datasets.synthetic)."""
+
+    n_clips: int = Field(64, ge=1, description="Clips to generate (one question each).")
+    seed: int = Field(0, description="World seed: same seed, same clips, same files.")
+    duration_s: float = Field(2.0, gt=0.2, le=60, description="Clip length in seconds.")
+    fps: int = Field(8, ge=1, le=60, description="Video frame rate of the generated mp4.")
+    size: int = Field(96, ge=32, le=1024, description="Square video side in pixels.")
+    max_sources: int = Field(3, ge=1, le=6, description="Most sound sources in one clip.")
+    acoustic_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of acoustic-only questions (the rest visual-correlate)."
+    )
+    split: str = Field("train", description="Split name written on the clips.")
+
+
+class MediaLimits(StageConfig):
+    max_duration_s: float = Field(600.0, gt=0, description="Longer media is quarantined.")
+    max_width: int = Field(7680, gt=0, description="Wider video is quarantined.")
+    max_height: int = Field(4320, gt=0, description="Taller video is quarantined.")
+
+
+class IngestConfig(StageConfig):
+    dataset: Literal["synthetic", "avqa", "music_avqa", "mmau", "folder"] = Field(
+        "synthetic", description="Which adapter turns the source into Clip records."
+    )
+    path: str | None = Field(
+        None, description="Dataset root (local path or fsspec URI); unused for synthetic."
+    )
+    split: str = Field("train", description="Split to read for real datasets.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    limits: MediaLimits = Field(default_factory=MediaLimits)
+    shard_size: int = Field(32, ge=1, description="Clips per shard: the unit of caching and retry.")
+    limit: int | None = Field(None, ge=1, description="Read at most this many items.")
+
+    @model_validator(mode="after")
+    def _path_for_real_data(self) -> "IngestConfig":
+        if self.dataset != "synthetic" and not self.path:
+            raise ValueError(f"ingest.path is required for dataset '{self.dataset}'")
+        return self
+
+
+class FrameConfig(StageConfig):
+    fps: float = Field(2.0, gt=0, description="Frames per second sampled for the teacher.")
+    max_frames: int = Field(16, ge=1, description="At most this many frames per clip.")
+    max_pixels: int = Field(224 * 224, ge=32 * 32, description="Frames are downscaled to this area.")
+
+
+class TeacherConfig(StageConfig):
+    backend: Literal["sim", "hf", "openai", "vllm"] = Field("sim", description="Teacher backend.")
+    model: str = Field(
+        "sim://vision-teacher",
+        description="Model id or path (tiny://qwen2.5-vl for the tiny model, a local checkpoint, "
+        "or a served model name for openai).",
+    )
+    k: int = Field(5, ge=1, le=64, description="Samples per question (test-time scaling).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=8)
+    seed: int = Field(0, description="Sampling seed.")
+    frames: FrameConfig = Field(default_factory=FrameConfig)
+    prompt_version: str = Field("teacher-v1", description="Teacher prompt template version.")
+    base_url: str | None = runtime(None, description="OpenAI-compatible server URL (openai backend).")
+    api_key_env: str = runtime("OPENAI_API_KEY", description="Env var holding the API key.")
+    concurrency: int = runtime(8, ge=1, description="Requests in flight (openai backend).")
+    batch_size: int = runtime(8, ge=1, description="Clips per generate call (hf/vllm).")
+    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallelism.")
+
+
+class VoteConfig(StageConfig):
+    policy: Literal["unanimous", "majority"] = Field(
+        "unanimous", description="unanimous (the paper) or majority (agreement >= min_agreement)."
+    )
+    min_agreement: float = Field(0.5, gt=0, le=1, description="For the majority policy.")
+    require_label_match: bool = Field(
+        True, description="Drop clips whose winning answer differs from the label, where labeled."
+    )
+
+
+class VerifyConfig(StageConfig):
+    backend: Literal["sim", "hf", "openai", "vllm"] = Field("sim", description="Verifier backend.")
+    model: str = Field("sim://waveform-verifier", description="Verifier model id or path.")
+    prompt_version: str = Field("verifier-v1")
+    samples_per_clip: int = Field(
+        1, ge=1, description="Traces verified per kept clip (the first N of its K samples)."
+    )
+    max_new_tokens: int = Field(256, ge=8)
+    base_url: str | None = runtime(None, description="OpenAI-compatible server URL.")
+    api_key_env: str = runtime("OPENAI_API_KEY", description="Env var holding the API key.")
+    concurrency: int = runtime(16, ge=1, description="Requests in flight.")
+    requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
+    tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
+    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts.")
+    timeout_s: float = runtime(60.0, gt=0, description="Per-request timeout.")
+
+
+class CorpusConfig(StageConfig):
+    variants: list[Literal["cot", "cot_noagfv", "label_only"]] = Field(
+        default_factory=lambda: ["cot", "cot_noagfv", "label_only"],
+        description="SFT sets to build.",
+    )
+    traces_per_clip: int = Field(1, ge=1, description="Verified traces kept per clip for SFT.")
+
+
+class LoraConfig(StageConfig):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names inside the language model (never the audio encoder).",
+    )
+
+
+class SFTConfig(StageConfig):
+    variants: list[Literal["cot", "cot_noagfv", "label_only"]] = Field(
+        default_factory=lambda: ["cot"], description="Which corpus sets to train on (one model each)."
+    )
+    max_steps: int = Field(2000, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lora: LoraConfig | None = Field(default_factory=LoraConfig, description="None: full fine-tune.")
+    max_length: int = Field(1024, ge=32)
+    seed: int = Field(0)
+    save_steps: int = runtime(200, ge=1, description="Checkpoint every N steps.")
+    gradient_checkpointing: bool = runtime(False)
+    bf16: bool = runtime(False, description="bf16 autocast (GPU).")
+
+
+class GRPOConfig(StageConfig):
+    enabled: bool = Field(True)
+    num_generations: int = Field(8, ge=2, description="Completions per prompt (G).")
+    max_steps: int = Field(1000, ge=1)
+    learning_rate: float = Field(1e-6, gt=0)
+    beta: float = Field(0.04, ge=0, description="KL coefficient against the reference policy.")
+    prompts_per_step: int = Field(2, ge=1)
+    max_completion_length: int = Field(256, ge=4)
+    temperature: float = Field(1.0, gt=0)
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clip range.")
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 1.0, "format": 1.0}
+    )
+    lora: LoraConfig | None = Field(default_factory=LoraConfig, description="None: full-parameter.")
+    seed: int = Field(0)
+    save_steps: int = runtime(50, ge=1)
+
+
+class BenchmarkConfig(StageConfig):
+    name: str = Field(description="Name in the report.")
+    ingest: IngestConfig = Field(description="Where its items come from.")
+    scorer: Literal["option", "mmau", "music_avqa", "avqa"] = Field(
+        "option", description="Scoring rule: parsed option equality, or a benchmark's own rule."
+    )
+
+
+class EvaluateConfig(StageConfig):
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    models: list[Literal["pretrained", "label_only", "cot_noagfv", "cot", "grpo"]] = Field(
+        default_factory=lambda: ["pretrained", "cot", "grpo"],
+        description="Which of the run's models to evaluate (those the run produced).",
+    )
+    max_new_tokens: int = Field(128, ge=4)
+    batch_size: int = runtime(16, ge=1)
+
+
+class ModelsConfig(StageConfig):
+    student: str = Field(
+        "tiny://qwen2-audio",
+        description="Student checkpoint: tiny://qwen2-audio, a local path, or a hub id "
+        "(Qwen/Qwen2-Audio-7B-Instruct) already in the local HF cache.",
+    )
+    cache_dir: str | None = runtime(None, description="Where tiny models are built (default ~/.cache).")
+    device: str = runtime("auto", description="auto, cpu or cuda.")
+
+
+class PipelineConfig(StageConfig):
+    run: str = Field("demo", description="Run name: outputs go under {store.root}/{run}/.")
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    vote: VoteConfig = Field(default_factory=VoteConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("run")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_." for c in v) or v.startswith("."):
+            raise ValueError("run must be a non-empty name of letters, digits, '-', '_' or '.'")
+        return v
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run; the message names each bad field and why."""
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: cannot override inside a non-mapping field")
+    node[path[-1]] = value
+
+
+def apply_env_overrides(data: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply ``SIGHTSOUND__A__B=value`` overrides (lowercased path, YAML-parsed value)."""
+    environ = dict(os.environ if environ is None else environ)
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX):
+            path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+            if path:
+                _set_path(data, path, yaml.safe_load(environ[key]))
+    return data
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"invalid recipe {source}:"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> PipelineConfig:
+    """Read a YAML recipe, apply environment overrides, validate. Fails fast with field names."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    return parse_config(apply_env_overrides(data, environ), str(path))
+
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "deployments" / "configs"
+DEFAULT_RECIPE = RECIPES_DIR / "demo.yaml"
