@@ -1,0 +1,150 @@
+"""The ``sightsound`` command line: run the DAG, see what a run committed, open the Prefect UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="SightSound-R1: distil audio reasoning from a vision-language teacher into an audio "
+    "LM student, as a resumable Prefect DAG. Start with `sightsound run` (the offline demo: "
+    "synthetic world, tiny models, local files) and `sightsound status demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _prefect_env(data_dir: Path) -> None:
+    """Local Prefect defaults; anything already set in the environment wins."""
+    os.environ.setdefault("PREFECT_HOME", str((data_dir / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+
+
+def _parse_sets(values: list[str]) -> dict[str, object]:
+    import yaml
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set wants key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def run(
+    recipe: Optional[Path] = typer.Argument(
+        None, help="YAML recipe (default: deployments/configs/demo.yaml, the offline demo)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a field, e.g. --set teacher.k=3 (repeatable)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs."),
+) -> None:
+    """Run the whole DAG: ingest, teacher, vote, verify, corpus, SFT, GRPO, evaluate, report.
+
+    Committed work is reused: running again recomputes nothing that is already done.
+    """
+    from sightsound_core.config import DEFAULT_RECIPE, ConfigError, load_config
+
+    recipe = recipe or DEFAULT_RECIPE
+    overrides = _parse_sets(set_)
+    try:
+        cfg = load_config(recipe, overrides)  # fail on a bad recipe before any work starts
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    _prefect_env(Path("data"))
+    if verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows import dag
+
+    n_stages = 9 + len(cfg.evaluate.benchmarks) - (0 if cfg.grpo.enabled else 1)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        bar = progress.add_task(f"run {cfg.run}: starting Prefect", total=n_stages)
+
+        def on_stage(stage: str, ref) -> None:
+            progress.update(bar, advance=1, description=f"run {cfg.run}: {stage} committed")
+
+        dag.STAGE_HOOKS.append(on_stage)
+        uris = dag.pipeline(recipe=str(recipe), overrides=overrides)
+    elapsed = time.perf_counter() - started
+    console.print(f"[green]done[/green] in {elapsed:.1f} s")
+    print(f"report: {uris['html']}")
+    print(f"        {uris['markdown']}")
+    print(f"status: sightsound status {cfg.run}")
+
+
+@app.command()
+def status(
+    run_name: str = typer.Argument(..., metavar="RUN", help="Run name (the recipe's `run`)."),
+    recipe: Optional[Path] = typer.Option(
+        None, help="Recipe whose store holds the run (default: the demo recipe's store)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """What each stage of a run has committed, failed and quarantined."""
+    from sightsound_core.config import DEFAULT_RECIPE, load_config
+    from sightsound_core.pipeline import open_store
+    from sightsound_core.status import run_status
+
+    cfg = load_config(recipe or DEFAULT_RECIPE)
+    rows = run_status(open_store(cfg), run_name)
+    if not rows:
+        console.print(f"no run named {run_name!r} under {cfg.store.root}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"run {run_name}")
+    for col in ("stage", "state", "hash", "shards", "rows", "quarantined", "statuses"):
+        table.add_column(col)
+    for r in rows:
+        statuses = ", ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items()))
+        table.add_row(r["stage"], r["state"], r["stage_hash"][:10], str(r["shards"]),
+                      str(r["rows"] if r["rows"] is not None else "-"),
+                      str(r["quarantined"] if r["quarantined"] is not None else "-"), statuses)
+    Console().print(table)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, help="Port for the Prefect server."),
+    database_url: Optional[str] = typer.Option(
+        None, help="SQLAlchemy URL (default: SQLite under PREFECT_HOME); e.g. postgresql+asyncpg://…"
+    ),
+) -> None:
+    """Start a local Prefect server with its UI, and print its URL (Ctrl-C stops it)."""
+    _prefect_env(Path("data"))
+    env = dict(os.environ)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    url = f"http://127.0.0.1:{port}"
+    print(f"Prefect UI: {url}")
+    print(f"Point runs at it with: export PREFECT_API_URL={url}/api")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+if __name__ == "__main__":
+    app()

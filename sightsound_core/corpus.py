@@ -1,0 +1,175 @@
+"""Corpus: from votes and verdicts, the training sets of the student and the ablations.
+
+Datasets (one shard each, in this order):
+    cot         verified traces of kept clips (the paper's SFT set)
+    cot_noagfv  kept clips' winning traces without verification (ablation)
+    label_only  the same clips as ``cot``, answer tag only (baseline)
+    grpo        question + options + label prompts for GRPO (labels, or pseudo-labels of kept clips)
+
+The manifest summary carries the distillation funnel, overall and per question family.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from sightsound_core.answers import OK, format_response
+from sightsound_core.config import CorpusConfig
+from sightsound_core.schemas import Clip, GRPOExample, SFTExample, TeacherSample, Verdict, Vote
+from sightsound_core.stage import (
+    ShardJob,
+    StagePlan,
+    StageRef,
+    plan_sources,
+    read_all,
+    run_plan,
+)
+from sightsound_core.storage import ObjectStore
+from sightsound_core.verify import hallucination_scores
+
+log = logging.getLogger(__name__)
+
+STAGE = "corpus"
+DATASETS = ("cot", "cot_noagfv", "label_only", "grpo")
+
+
+def plan_corpus(
+    cfg: CorpusConfig, store: ObjectStore, run: str, inputs: dict[str, StageRef]
+) -> StagePlan:
+    fingerprints = {name: ref.fingerprint for name, ref in sorted(inputs.items())}
+    sources = [{"dataset": d, "inputs": fingerprints} for d in DATASETS]
+    upstream = [f"{n}={r.stage_hash}" for n, r in sorted(inputs.items())]
+    return plan_sources(store, run, STAGE, cfg, sources, upstream)
+
+
+class CorpusTables:
+    """The four input stages, read once per process."""
+
+    def __init__(self, store: ObjectStore, inputs: dict[str, StageRef]):
+        self.clips = {c.clip_id: c for c in Clip.from_table(read_all(store, inputs["clips"]))}
+        self.samples = TeacherSample.from_table(read_all(store, inputs["samples"]))
+        self.votes = Vote.from_table(read_all(store, inputs["votes"]))
+        self.verdicts = Verdict.from_table(read_all(store, inputs["verdicts"]))
+        self.by_key = {(s.clip_id, s.sample_idx): s for s in self.samples}
+
+
+def _sft(variant: str, clip: Clip, sample: TeacherSample | None, label: str) -> SFTExample:
+    think = sample.think if sample is not None else None
+    return SFTExample(
+        example_id=f"{variant}:{clip.clip_id}:{sample.sample_idx if sample else 0}",
+        variant=variant,
+        clip_id=clip.clip_id,
+        audio_uri=clip.audio_uri or "",
+        question=clip.question,
+        options=list(clip.options),
+        completion=format_response(think, label),
+        label=label,
+    )
+
+
+def build_dataset(name: str, cfg: CorpusConfig, t: CorpusTables) -> pa.Table:
+    kept = [v for v in t.votes if v.kept]
+    if name == "cot" or name == "label_only":
+        rows = []
+        for vote in kept:
+            accepted = sorted(
+                (v for v in t.verdicts if v.clip_id == vote.clip_id and v.status == "accepted"),
+                key=lambda v: v.sample_idx,
+            )[: cfg.traces_per_clip]
+            clip = t.clips[vote.clip_id]
+            if name == "cot":
+                rows += [_sft("cot", clip, t.by_key[(v.clip_id, v.sample_idx)], vote.label) for v in accepted]
+            elif accepted:
+                rows.append(_sft("label_only", clip, None, vote.label))
+        return SFTExample.to_table(rows)
+    if name == "cot_noagfv":
+        rows = []
+        for vote in kept:
+            winners = sorted(
+                (s for s in t.samples if s.clip_id == vote.clip_id and s.answer == vote.winner),
+                key=lambda s: s.sample_idx,
+            )[: cfg.traces_per_clip]
+            rows += [_sft("cot_noagfv", t.clips[vote.clip_id], s, vote.label) for s in winners]
+        return SFTExample.to_table(rows)
+    if name == "grpo":
+        votes = {v.clip_id: v for v in t.votes}
+        rows = []
+        for clip in t.clips.values():
+            label = clip.label if clip.label is not None else (
+                votes[clip.clip_id].label if clip.clip_id in votes and votes[clip.clip_id].kept else None
+            )
+            if label is None:
+                continue
+            rows.append(
+                GRPOExample(
+                    example_id=f"grpo:{clip.clip_id}",
+                    clip_id=clip.clip_id,
+                    audio_uri=clip.audio_uri or "",
+                    question=clip.question,
+                    options=list(clip.options),
+                    label=label,
+                    family=clip.family,
+                )
+            )
+        return GRPOExample.to_table(rows)
+    raise ValueError(f"unknown corpus dataset {name!r}")
+
+
+def funnel(t: CorpusTables) -> dict[str, Any]:
+    """Clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family."""
+    parsed_ok: dict[str, bool] = {}
+    for s in t.samples:
+        parsed_ok[s.clip_id] = parsed_ok.get(s.clip_id, True) and s.parse_status == OK
+    verified = {v.clip_id for v in t.verdicts if v.status == "accepted"}
+
+    def count(clips: list[Clip]) -> dict[str, int]:
+        ids = {c.clip_id for c in clips}
+        votes = [v for v in t.votes if v.clip_id in ids]
+        return {
+            "clips": len(ids),
+            "parsed": sum(parsed_ok.get(i, False) for i in ids),
+            "unanimous": sum(v.reason in ("kept", "label_mismatch") for v in votes),
+            "label_agreeing": sum(v.kept for v in votes),
+            "verified": len(ids & verified),
+        }
+
+    families = sorted({c.family for c in t.clips.values()})
+    clips = list(t.clips.values())
+    agreement: dict[str, list[float]] = {}
+    for v in t.votes:
+        agreement.setdefault(v.family, []).append(v.agreement)
+    return {
+        "all": count(clips),
+        "by_family": {f: count([c for c in clips if c.family == f]) for f in families},
+        "agreement_by_family": agreement,
+        "verifier": hallucination_scores(t.verdicts),
+    }
+
+
+def run_corpus(
+    cfg: CorpusConfig, store: ObjectStore, run: str, inputs: dict[str, StageRef]
+) -> StageRef:
+    plan = plan_corpus(cfg, store, run, inputs)
+    compute, summary = corpus_work(cfg, store, inputs)
+    return run_plan(store, plan, compute, summary)
+
+
+def corpus_work(
+    cfg: CorpusConfig, store: ObjectStore, inputs: dict[str, StageRef]
+) -> tuple[Callable[[ShardJob], tuple[pa.Table, None]], Callable[[], dict[str, Any]]]:
+    """The corpus stage's shard function and manifest summary, sharing one read of the inputs."""
+    # Read the inputs only if something is computed: a fully committed corpus reads nothing.
+    tables = functools.cache(lambda: CorpusTables(store, inputs))
+    return (
+        lambda job: (build_dataset(job.source["dataset"], cfg, tables()), None),
+        lambda: {"funnel": funnel(tables())},
+    )
+
+
+def dataset_uri(ref: StageRef, name: str) -> str:
+    """The shard URI of one corpus dataset (loadable with datasets.load_dataset('parquet'))."""
+    return ref.shards[DATASETS.index(name)]

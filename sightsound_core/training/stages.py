@@ -1,0 +1,193 @@
+"""The two training stages of the DAG: SFT (one model per corpus variant) and GRPO.
+
+Each model is one job of its stage. The job trains into ``{stage_dir}/{name}/`` (checkpoints,
+then ``merged/``) and commits a shard holding its training log last: the shard's presence means
+the model is complete. On an object store that is not a local disk, training runs in a local
+scratch directory, checkpoints and the merged model are uploaded, and a later attempt starts
+from the uploaded checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sightsound_core.config import PipelineConfig
+from sightsound_core.corpus import dataset_uri
+from sightsound_core.schemas import GRPOExample, SFTExample
+from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
+from sightsound_core.storage import ObjectStore, join
+
+log = logging.getLogger(__name__)
+
+LOG_SCHEMA = pa.schema([("step", pa.int64()), ("metric", pa.string()), ("value", pa.float64())])
+
+
+def audio_loader(store: ObjectStore):
+    """A cached 16 kHz loader for training: each clip is decoded once per process."""
+    from sightsound_core.media.decode import load_audio
+
+    @functools.lru_cache(maxsize=8192)
+    def load(uri: str) -> np.ndarray:
+        return load_audio(uri, storage_options=store.storage_options)
+
+    return load
+
+
+def log_table(metrics: dict[str, Any]) -> pa.Table:
+    """Flatten ``{"history": [{"step": n, "loss": x, ...}, ...]}`` into (step, metric, value) rows."""
+    rows = [
+        (int(entry["step"]), name, float(value))
+        for entry in metrics.get("history", [])
+        for name, value in entry.items()
+        if name != "step" and isinstance(value, (int, float))
+    ]
+    steps, names, values = zip(*rows) if rows else ((), (), ())
+    return pa.Table.from_arrays(
+        [pa.array(steps, pa.int64()), pa.array(names, pa.string()), pa.array(values, pa.float64())],
+        schema=LOG_SCHEMA,
+    )
+
+
+def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
+    """Where a job trains: inside the store on a local disk, else a local scratch directory."""
+    uri = join(job.output_uri.rsplit("/", 1)[0], name)
+    if store.protocol == "file":
+        return store.local_path(uri)
+    scratch = os.path.join(
+        os.environ.get("SIGHTSOUND_CACHE", os.path.expanduser("~/.cache/sightsound")),
+        "work", job.stage, job.stage_hash, name,
+    )
+    if store.exists(uri):
+        store.get_dir(uri, scratch)
+    return scratch
+
+
+def publish(store: ObjectStore, job: ShardJob, name: str, local_dir: str) -> None:
+    if store.protocol != "file":
+        store.put_dir(local_dir, join(job.output_uri.rsplit("/", 1)[0], name))
+
+
+def model_dir(store: ObjectStore, ref: StageRef, name: str) -> str:
+    """A local directory holding the merged model ``name`` of a training stage."""
+    uri = join(ref.dir, name, "merged")
+    if store.protocol == "file":
+        return store.local_path(uri)
+    local = os.path.join(
+        os.environ.get("SIGHTSOUND_CACHE", os.path.expanduser("~/.cache/sightsound")),
+        "models", ref.stage, ref.stage_hash, name,
+    )
+    if not os.path.exists(os.path.join(local, "config.json")):
+        store.get_dir(uri, local)
+    return local
+
+
+def _student(cfg: PipelineConfig) -> str:
+    from sightsound_core.tiny import resolve_model
+
+    return resolve_model(cfg.models.student, cfg.models.cache_dir)
+
+
+# -- SFT -------------------------------------------------------------------------------------------
+def plan_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> StagePlan:
+    payload = {"sft": cfg.sft.hash_payload(), "student": cfg.models.student}
+    sources = [
+        {"variant": v, "data": corpus.shard_fingerprints[corpus_index(v)]} for v in cfg.sft.variants
+    ]
+    return plan_sources(store, cfg.run, "sft", payload, sources, [f"corpus={corpus.stage_hash}"])
+
+
+def corpus_index(name: str) -> int:
+    from sightsound_core.corpus import DATASETS
+
+    return DATASETS.index(name)
+
+
+def sft_shard(
+    cfg: PipelineConfig, store: ObjectStore, job: ShardJob, corpus: StageRef
+) -> tuple[pa.Table, None]:
+    from sightsound_core.training.sft import train_sft
+
+    variant = job.source["variant"]
+    examples = SFTExample.from_table(store.read_table(dataset_uri(corpus, variant)))
+    if not examples:
+        raise ValueError(
+            f"sft[{variant}]: the corpus has no examples; see the corpus funnel "
+            "(teacher agreement, label match and verification all filter)"
+        )
+    out = workdir(store, job, variant)
+    metrics = train_sft(_student(cfg), examples, cfg.sft, out, audio_loader(store), cfg.models.device)
+    publish(store, job, variant, out)
+    return log_table(metrics), None
+
+
+def run_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> StageRef:
+    plan = plan_sft(cfg, store, corpus)
+    return run_plan(store, plan, lambda job: sft_shard(cfg, store, job, corpus))
+
+
+# -- GRPO ------------------------------------------------------------------------------------------
+GRPO_INIT = "cot"
+
+
+def plan_grpo(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef, sft: StageRef) -> StagePlan:
+    index = cfg.sft.variants.index(GRPO_INIT)
+    sources = [
+        {
+            "name": "policy",
+            "init": sft.shard_fingerprints[index],
+            "data": corpus.shard_fingerprints[corpus_index("grpo")],
+        }
+    ]
+    upstream = [f"corpus={corpus.stage_hash}", f"sft={sft.stage_hash}"]
+    return plan_sources(store, cfg.run, "grpo", cfg.grpo, sources, upstream)
+
+
+def grpo_shard(
+    cfg: PipelineConfig, store: ObjectStore, job: ShardJob, corpus: StageRef, sft: StageRef
+) -> tuple[pa.Table, None]:
+    from sightsound_core.training.grpo import train_grpo
+
+    examples = GRPOExample.from_table(store.read_table(dataset_uri(corpus, "grpo")))
+    if not examples:
+        raise ValueError("grpo: the corpus has no labelled prompts")
+    out = workdir(store, job, "policy")
+    init = model_dir(store, sft, GRPO_INIT)
+    metrics = train_grpo(init, examples, cfg.grpo, out, audio_loader(store), cfg.models.device)
+    publish(store, job, "policy", out)
+    return log_table(metrics), None
+
+
+def run_grpo(
+    cfg: PipelineConfig, store: ObjectStore, corpus: StageRef, sft: StageRef
+) -> StageRef:
+    plan = plan_grpo(cfg, store, corpus, sft)
+    return run_plan(store, plan, lambda job: grpo_shard(cfg, store, job, corpus, sft))
+
+
+def model_paths(
+    cfg: PipelineConfig, store: ObjectStore, sft: StageRef | None, grpo: StageRef | None
+) -> dict[str, tuple[str, str]]:
+    """Every model the run produced: tag -> (local path, content fingerprint)."""
+    out = {"pretrained": (_student(cfg), cfg.models.student)}
+    if sft is not None:
+        for i, variant in enumerate(cfg.sft.variants):
+            out[variant] = (model_dir(store, sft, variant), sft.shard_fingerprints[i])
+    if grpo is not None:
+        out["grpo"] = (model_dir(store, grpo, "policy"), grpo.shard_fingerprints[0])
+    return out
+
+
+def read_log(store: ObjectStore, ref: StageRef) -> dict[str, list[tuple[int, str, float]]]:
+    """Training logs of a stage by model name (for the report)."""
+    out = {}
+    for entry in ref.manifest["shards"]:
+        name = entry["source"].get("variant") or entry["source"].get("name")
+        t = store.read_table(entry["uri"])
+        out[name] = list(zip(t["step"].to_pylist(), t["metric"].to_pylist(), t["value"].to_pylist()))
+    return out

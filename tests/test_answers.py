@@ -1,0 +1,47 @@
+import doctest
+
+import pytest
+
+import sightsound_core.answers as answers
+from sightsound_core.answers import parse_response
+
+OPTS = ["the red circle", "the blue square", "high", "low"]
+
+
+def test_doctests():
+    assert doctest.testmod(answers).failed == 0
+
+
+@pytest.mark.parametrize(
+    "text, status, option",
+    [
+        ("<think>It is red.</think><answer>the red circle</answer>", "ok", "the red circle"),
+        ("<think>x</think><answer>(B)</answer>", "ok", "the blue square"),
+        ("<think>x</think><answer>C. high</answer>", "ok", "high"),
+        ("<think>x</think>\n<answer> LOW </answer>\n", "ok", "low"),
+        ("the red circle", "no_answer_tag", None),
+        ("", "empty", None),
+        (None, "empty", None),
+        ("<think>x</think><answer>high</answer><answer>low</answer>", "multiple_answers", None),
+        ("<think>x</think><answer><answer>high</answer></answer>", "nested_tags", None),
+        ("<think>x</think><answer>high <think>y</think></answer>", "nested_tags", None),
+        ("<think>x</think><answer>purple</answer>", "not_an_option", None),
+        ("<think>x</think><answer>high or low</answer>", "not_an_option", None),
+        ("<think>x</think><answer></answer>", "empty_answer", None),
+        ("<think>the pitch is hi", "no_answer_tag", None),
+        ("<think>x</think><answer>hig", "truncated", None),
+        ("<think>x</think><answer>E</answer>", "not_an_option", None),
+    ],
+)
+def test_parser_cases(text, status, option):
+    p = parse_response(text, OPTS)
+    assert (p.status, p.option) == (status, option)
+
+
+def test_well_formed_needs_nonempty_think_and_nothing_else():
+    assert parse_response("<think>a</think><answer>high</answer>", OPTS).well_formed
+    assert not parse_response("<think></think><answer>high</answer>", OPTS).well_formed
+    assert not parse_response("<answer>high</answer>", OPTS).well_formed
+    assert not parse_response("pre <think>a</think><answer>high</answer>", OPTS).well_formed
+    # Empty think still parses to an answer (voting uses it) but is not well formed.
+    assert parse_response("<think></think><answer>high</answer>", OPTS).option == "high"
