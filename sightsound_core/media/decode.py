@@ -1,0 +1,286 @@
+"""Decode media with PyAV: silent video frames for the teacher, 16 kHz mono audio for the rest.
+
+Every function takes an fsspec URI (``file:///abs/path``, a plain path, ``s3://bucket/key`` with
+``storage_options``), opens it with fsspec and hands the file object to ``av.open``, so local and
+object-store media go through one code path. A file that cannot be used raises ``MediaError`` with
+a short ``reason`` code (the Quarantine reason) and a human ``detail``; nothing else is raised for
+bad media.
+
+Video and audio are decoded separately on purpose: ``load_frames`` never demuxes the audio
+stream, so the vision teacher cannot hear the clip even by accident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import av
+import fsspec
+import numpy as np
+
+from sightsound_core.config import MediaLimits
+
+log = logging.getLogger(__name__)
+
+# Leading bytes of the containers we read. A file that starts like media but does not open is
+# truncated (an mp4 whose moov atom was never written); one that does not is not media at all.
+_MAGIC = (
+    (4, b"ftyp"),  # mp4 / mov / m4a
+    (0, b"\x1a\x45\xdf\xa3"),  # matroska / webm
+    (0, b"RIFF"),  # wav
+    (0, b"fLaC"),
+    (0, b"OggS"),
+    (0, b"ID3"),  # mp3 with a tag
+    (0, b"\xff\xfb"),  # mp3 frame sync (MPEG-1 layer III)
+    (0, b"\xff\xf3"),
+    (0, b"\xff\xf2"),
+)
+# Decoded audio shorter than this share of the declared duration means the file was cut short.
+_MIN_DECODED_SHARE = 0.5
+
+
+class MediaError(Exception):
+    """Media that cannot be used.
+
+    Attributes:
+        reason: short code, one of ``zero_byte_file``, ``not_media``, ``truncated``,
+            ``no_video_stream``, ``no_audio_stream``, ``zero_length_audio``,
+            ``non_finite_samples``, ``duration_too_long``, ``resolution_too_large``.
+        detail: human-readable detail naming the file.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaInfo:
+    """What a file holds.
+
+    Attributes:
+        has_video, has_audio: whether the container has such a stream.
+        duration_s: seconds (longest stream; 0.0 when the container does not say).
+        width, height: first video stream's size in pixels (0 without video).
+        fps: first video stream's average frame rate (0.0 without video or when unknown).
+        audio_rate: first audio stream's sample rate in Hz (0 without audio).
+    """
+
+    has_video: bool
+    has_audio: bool
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    audio_rate: int
+
+
+@contextmanager
+def _open(uri: str, storage_options: dict[str, Any] | None) -> Iterator[av.container.InputContainer]:
+    """Open ``uri`` through fsspec and PyAV, mapping every open failure to a MediaError."""
+    try:
+        fobj = fsspec.open(uri, "rb", **(storage_options or {})).open()
+    except FileNotFoundError:
+        raise MediaError("not_found", f"{uri}: no such file") from None
+    try:
+        head = fobj.read(16)
+        if not head:
+            raise MediaError("zero_byte_file", f"{uri}: file is empty")
+        fobj.seek(0)
+        try:
+            container = av.open(fobj, mode="r")
+        except (av.error.FFmpegError, ValueError) as exc:
+            looks_like_media = any(head[o : o + len(m)] == m for o, m in _MAGIC)
+            reason = "truncated" if looks_like_media else "not_media"
+            raise MediaError(reason, f"{uri}: {exc}") from None
+        try:
+            yield container
+        finally:
+            container.close()
+    finally:
+        fobj.close()
+
+
+def _duration(container: av.container.InputContainer) -> float:
+    """Longest stream duration in seconds, falling back to the container's; 0.0 when unknown."""
+    best = 0.0
+    for stream in container.streams:
+        if stream.duration is not None and stream.time_base is not None:
+            best = max(best, float(stream.duration * stream.time_base))
+    if best == 0.0 and container.duration is not None:
+        best = container.duration / av.time_base
+    return best
+
+
+def probe(uri: str, storage_options: dict[str, Any] | None = None) -> MediaInfo:
+    """Read a file's streams and sizes without decoding it."""
+    with _open(uri, storage_options) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise MediaError("not_media", f"{uri}: no audio or video stream")
+        return MediaInfo(
+            has_video=video is not None,
+            has_audio=audio is not None,
+            duration_s=_duration(container),
+            width=video.codec_context.width if video is not None else 0,
+            height=video.codec_context.height if video is not None else 0,
+            fps=float(video.average_rate) if video is not None and video.average_rate else 0.0,
+            audio_rate=audio.codec_context.sample_rate if audio is not None else 0,
+        )
+
+
+def check_limits(info: MediaInfo, limits: MediaLimits, uri: str = "") -> None:
+    """Raise MediaError when probed media is longer or larger than the configured limits."""
+    if info.duration_s > limits.max_duration_s:
+        raise MediaError(
+            "duration_too_long", f"{uri}: {info.duration_s:.1f} s > {limits.max_duration_s:.1f} s"
+        )
+    if info.width > limits.max_width or info.height > limits.max_height:
+        raise MediaError(
+            "resolution_too_large",
+            f"{uri}: {info.width}x{info.height} > {limits.max_width}x{limits.max_height}",
+        )
+
+
+def sample_times(duration_s: float, fps: float, max_frames: int) -> np.ndarray:
+    """Uniform sampling instants (seconds): about ``fps`` per second, at most ``max_frames``.
+
+    Each instant is the centre of an equal slice of the clip, so a short clip still gets a
+    frame from its middle rather than only its first frame.
+
+    >>> sample_times(2.0, 2.0, 16).tolist()
+    [0.25, 0.75, 1.25, 1.75]
+    >>> len(sample_times(60.0, 2.0, 16))
+    16
+    """
+    n = int(min(max_frames, max(1, round(duration_s * fps))))
+    return (np.arange(n) + 0.5) * (duration_s / n)
+
+
+def _scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Largest even size with the same aspect and at most ``max_pixels`` pixels (never upscaled)."""
+    scale = min(1.0, (max_pixels / float(width * height)) ** 0.5)
+    w = max(2, int(width * scale) // 2 * 2)
+    h = max(2, int(height * scale) // 2 * 2)
+    return w, h
+
+
+def load_frames(
+    uri: str,
+    fps: float,
+    max_frames: int,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Silent frames of the first video stream.
+
+    Returns:
+        frames: (T, H, W, 3) uint8 RGB, T <= max_frames, H * W <= max_pixels, aspect kept.
+        times_s: (T,) float64, presentation time in seconds of each returned frame.
+
+    For each sampling instant (``sample_times``) the frame on screen at that instant is kept:
+    the last frame whose timestamp is at or before it.
+    """
+    with _open(uri, storage_options) as container:
+        if not container.streams.video:
+            raise MediaError("no_video_stream", f"{uri}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        duration = _duration(container)
+        width, height = _scaled_size(
+            stream.codec_context.width, stream.codec_context.height, max_pixels
+        )
+        # Without a known duration, keep every frame's time first and sample afterwards.
+        targets = sample_times(duration, fps, max_frames) if duration > 0 else None
+
+        picked: list[np.ndarray] = []
+        times: list[float] = []
+        pending: tuple[float, av.VideoFrame] | None = None
+        every: list[tuple[float, np.ndarray]] = []
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else 0.0
+                if targets is None:
+                    every.append((t, _rgb(frame, width, height)))
+                    continue
+                # Emit the previous frame for every target it covers (those before this frame).
+                while pending is not None and len(picked) < len(targets) and t > targets[len(picked)]:
+                    picked.append(_rgb(pending[1], width, height))
+                    times.append(pending[0])
+                if len(picked) == len(targets):
+                    break
+                pending = (t, frame)
+        except av.error.FFmpegError as exc:
+            if not picked and pending is None and not every:
+                raise MediaError("truncated", f"{uri}: {exc}") from None
+            log.warning("%s: video decoding stopped early: %s", uri, exc)
+
+        if targets is None:
+            if not every:
+                raise MediaError("truncated", f"{uri}: no decodable video frame")
+            all_times = np.array([t for t, _ in every])
+            want = sample_times(all_times[-1] + 1e-6, fps, max_frames) + all_times[0]
+            idx = np.clip(np.searchsorted(all_times, want, side="right") - 1, 0, len(every) - 1)
+            return np.stack([every[i][1] for i in idx]), all_times[idx]
+
+        # Targets after the last decoded frame see that frame (it stays on screen to the end).
+        while pending is not None and len(picked) < len(targets):
+            picked.append(_rgb(pending[1], width, height))
+            times.append(pending[0])
+        if not picked:
+            raise MediaError("truncated", f"{uri}: no decodable video frame")
+        return np.stack(picked), np.asarray(times, dtype=np.float64)
+
+
+def _rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    if frame.width == width and frame.height == height:
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def load_audio(
+    uri: str, sample_rate: int = 16000, storage_options: dict[str, Any] | None = None
+) -> np.ndarray:
+    """The first audio stream as float32 mono at ``sample_rate`` Hz, shape (n_samples,).
+
+    Multi-channel audio is downmixed by the resampler. Raises MediaError for a file without
+    audio, with no samples, with NaN/inf samples, or cut well short of its declared length.
+    """
+    with _open(uri, storage_options) as container:
+        if not container.streams.audio:
+            raise MediaError("no_audio_stream", f"{uri}: no audio stream")
+        stream = container.streams.audio[0]
+        declared = (
+            float(stream.duration * stream.time_base)
+            if stream.duration is not None and stream.time_base is not None
+            else 0.0
+        )
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            if not chunks:
+                raise MediaError("truncated", f"{uri}: {exc}") from None
+            log.warning("%s: audio decoding stopped early: %s", uri, exc)
+
+    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if audio.size == 0:
+        raise MediaError("zero_length_audio", f"{uri}: audio stream has no samples")
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        raise MediaError("non_finite_samples", f"{uri}: {bad} NaN/inf samples")
+    if declared > 0 and audio.size < _MIN_DECODED_SHARE * declared * sample_rate:
+        raise MediaError(
+            "truncated", f"{uri}: decoded {audio.size / sample_rate:.2f} s of {declared:.2f} s"
+        )
+    return audio
