@@ -27,6 +27,11 @@ console = Console(stderr=True)
 def _prefect_env(data_dir: Path) -> None:
     """Local Prefect defaults; anything already set in the environment wins."""
     os.environ.setdefault("PREFECT_HOME", str((data_dir / ".prefect").resolve()))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # Keep library chatter (weight-loading bars, deprecation notices) out of the progress display.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")

@@ -19,7 +19,7 @@ def run_status(store: ObjectStore, run: str) -> list[dict[str, Any]]:
     index = read_index(store, run)
     stages = [s for s in store.ls(store.uri(run)) if not s.startswith("_")]
     rows = []
-    for name in sorted(stages, key=lambda s: (ORDER.index(s) if s in ORDER else 1.5, s)):
+    for name in sorted(stages, key=lambda s: (ORDER.index(s) if s in ORDER else ORDER.index("evaluate") - 0.5, s)):
         entry = index.get(name)
         if entry is not None:
             manifest = store.read_json(join(entry["dir"], MANIFEST))
