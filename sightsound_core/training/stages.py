@@ -40,10 +40,11 @@ def audio_loader(store: ObjectStore):
 
 
 def log_table(metrics: dict[str, Any]) -> pa.Table:
-    """Flatten ``{"history": [{"step": n, "loss": x, ...}, ...]}`` into (step, metric, value) rows."""
+    """Flatten the per-step history of ``train_sft`` (``loss_history``) or ``train_grpo``
+    (``history``), lists of ``{"step": n, metric: value, ...}``, into (step, metric, value) rows."""
     rows = [
         (int(entry["step"]), name, float(value))
-        for entry in metrics.get("history", [])
+        for entry in metrics.get("history") or metrics.get("loss_history") or []
         for name, value in entry.items()
         if name != "step" and isinstance(value, (int, float))
     ]

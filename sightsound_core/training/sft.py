@@ -1,0 +1,131 @@
+"""Supervised fine-tuning of the audio student on verified reasoning traces (TRL SFTTrainer + LoRA).
+
+TRL's own data path drops ``input_features``, so dataset preparation is skipped and the audio
+collator builds whole batches; ``remove_unused_columns=False`` keeps the columns it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sightsound_core.config import SFTConfig
+from sightsound_core.schemas import SFTExample
+from sightsound_core.training.collator import AudioSFTCollator
+from sightsound_core.training.common import apply_lora, last_checkpoint, save_merged
+from sightsound_core.training.inputs import load_student, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def trl_sft_config(cfg: SFTConfig, output_dir: str, device: str) -> Any:
+    """Our ``SFTConfig`` as ``trl.SFTConfig``: the one place the two meet."""
+    import trl
+
+    return trl.SFTConfig(
+        output_dir=output_dir,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # transformers 5 reads a warmup_steps below 1 as a fraction of the run.
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="linear",
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.bf16,
+        use_cpu=device == "cpu",
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        dataloader_num_workers=0,
+    )
+
+
+def _logging_callback() -> Any:
+    """Trainer logs through ``logging`` instead of the PrinterCallback's ``print``."""
+    from transformers import TrainerCallback
+
+    class LogToLogging(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs:
+                shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+                log.info("sft step %d/%d %s", state.global_step, state.max_steps, shown)
+
+    return LogToLogging()
+
+
+def train_sft(
+    model_path: str,
+    examples: list[SFTExample],
+    cfg: SFTConfig,
+    output_dir: str,
+    audio_loader: Callable[[str], np.ndarray],
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train LoRA adapters (or all weights) on ``examples``; write ``{output_dir}/merged``.
+
+    Resumes from the last ``checkpoint-N`` in ``output_dir`` (weights, optimizer, scheduler, RNG).
+    Returns ``{"merged": path, "steps", "loss_history": [{"step", "loss"}...], "wall_s",
+    "resumed_from"}``.
+    """
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    if not examples:
+        raise ValueError("train_sft needs at least one example")
+    started = time.perf_counter()
+    device = resolve_device(device)
+
+    # Model
+    model, processor = load_student(model_path, device)
+    model.config.use_cache = False
+    model = apply_lora(model, cfg.lora)
+
+    # Data
+    dataset = Dataset.from_list([e.to_row() for e in examples])
+    collator = AudioSFTCollator(processor, audio_loader, cfg.max_length)
+
+    # Train
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_sft_config(cfg, output_dir, device),
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor.tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_logging_callback())
+    resume = last_checkpoint(output_dir)
+    if resume is not None:
+        log.info("resuming SFT from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    # Export
+    merged = save_merged(trainer.model, processor, f"{output_dir}/merged")
+    history = [
+        {"step": int(e["step"]), "loss": float(e["loss"])}
+        for e in trainer.state.log_history
+        if "loss" in e
+    ]
+    wall = time.perf_counter() - started
+    log.info("SFT done: %d steps in %.1f s -> %s", trainer.state.global_step, wall, merged)
+    return {
+        "merged": merged,
+        "steps": int(trainer.state.global_step),
+        "loss_history": history,
+        "wall_s": wall,
+        "resumed_from": str(resume) if resume else None,
+    }

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from toyworld import OPTIONS, grpo_examples, load_audio, sft_examples
+
+from sightsound_core.config import GRPOConfig, SFTConfig
+from sightsound_core.training.grpo import _completion_mask, step_indices, train_grpo
+
+
+def test_step_indices_cover_each_epoch_and_are_reproducible():
+    seen = [i for step in range(5) for i in step_indices(10, step, 2, seed=3)]
+    assert sorted(seen) == list(range(10))
+    assert step_indices(10, 7, 3, seed=3) == step_indices(10, 7, 3, seed=3)
+    assert step_indices(10, 0, 10, seed=3) != step_indices(10, 0, 10, seed=4)
+
+
+def test_completion_mask_stops_after_the_first_stop_token():
+    import torch
+
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 2, 0, 0], [5, 6, 7, 8, 9]])
+    assert _completion_mask(ids, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_unknown_reward_names_fail_fast(tiny_student, clips, tmp_path):
+    cfg = GRPOConfig(max_steps=1, reward_weights={"accuracy": 1.0, "length": 0.5})
+    with pytest.raises(ValueError, match="length"):
+        train_grpo(tiny_student, grpo_examples(clips), cfg, str(tmp_path), load_audio, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def undecided_student(tiny_student, clips, tmp_path_factory) -> str:
+    """A warm start that writes the format but picks low or high at random: every clip is trained
+    with both answers, so sampled groups disagree and the accuracy reward has something to teach.
+    """
+    from sightsound_core.training.sft import train_sft
+
+    both = [
+        dataclasses.replace(e, completion=e.completion.replace(e.label, option), label=option)
+        for e in sft_examples(clips[:4])
+        for option in OPTIONS
+    ]
+    cfg = SFTConfig(max_steps=80, learning_rate=3e-3, per_device_batch_size=4, warmup_ratio=0.0, save_steps=1000)
+    out = tmp_path_factory.mktemp("sft")
+    return train_sft(tiny_student, both, cfg, str(out), load_audio, device="cpu")["merged"]
+
+
+def _always_high(clips):
+    return [dataclasses.replace(e, label="high") for e in grpo_examples(clips[:4])]
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward(undecided_student, clips, tmp_path):
+    cfg = GRPOConfig(
+        max_steps=16, learning_rate=1e-3, num_generations=8, prompts_per_step=2,
+        max_completion_length=24, temperature=0.7, beta=0.04, save_steps=100,
+    )  # fmt: skip
+    result = train_grpo(undecided_student, _always_high(clips), cfg, str(tmp_path), load_audio, "cpu")
+    history = result["history"]
+    assert [h["step"] for h in history] == list(range(1, 17))
+    first = np.mean([h["reward"] for h in history[:3]])
+    last = np.mean([h["reward"] for h in history[-5:]])
+    assert last > first + 0.2, (first, last)
+    assert np.mean([h["accuracy"] for h in history[-5:]]) > 0.8
+    assert all(h["kl"] >= 0 for h in history) and history[-1]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_grpo_resumes_from_its_last_checkpoint(undecided_student, clips, tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from sightsound_core.training import grpo
+
+    cfg = GRPOConfig(
+        max_steps=4, learning_rate=1e-3, num_generations=4, prompts_per_step=1,
+        max_completion_length=16, temperature=0.7, save_steps=2,
+    )  # fmt: skip
+    examples = _always_high(clips)
+    out = tmp_path / "run"
+    # The interrupted run stops after its step-2 checkpoint; a second call must finish the job.
+    first = train_grpo(undecided_student, examples, cfg.model_copy(update={"max_steps": 2}), str(out), load_audio, "cpu")
+    saved = torch.load(out / "checkpoint-2" / "trainable.pt")
+    assert json.loads((out / "checkpoint-2" / "state.json").read_text())["step"] == 2
+
+    calls = []
+    real_step = grpo.grpo_step
+
+    def counting_step(policy, *args, **kwargs):
+        if not calls:  # the first step after resuming starts from the checkpoint's weights
+            state = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+            assert all(torch.equal(state[k], v) for k, v in saved.items())
+        calls.append(kwargs["seed"])
+        return real_step(policy, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "grpo_step", counting_step)
+    resumed = train_grpo(undecided_student, examples, cfg, str(out), load_audio, "cpu")
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert calls == [cfg.seed * 1_000_003 + 2, cfg.seed * 1_000_003 + 3]
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"][:2] == first["history"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

@@ -1,0 +1,67 @@
+"""A learnable toy task for training tests: is a pure tone high or low?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from sightsound_core.answers import format_response
+from sightsound_core.schemas import GRPOExample, SFTExample
+
+SR = 16000
+QUESTION = "Is the pitch high or low?"
+OPTIONS = ["low", "high"]
+FREQS = {"low": 200.0, "high": 3000.0}
+
+
+def write_clips(root: Path, n: int, seconds: float = 2.0, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` wav files alternating low/high with random phase and level; (uri, label) pairs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    clips = []
+    for i in range(n):
+        label = OPTIONS[i % 2]
+        wave = rng.uniform(0.3, 0.8) * np.sin(2 * np.pi * FREQS[label] * t + rng.uniform(0, 6.28))
+        path = root / f"clip{i:03d}.wav"
+        sf.write(path, wave.astype(np.float32), SR)
+        clips.append((str(path), label))
+    return clips
+
+
+def load_audio(uri: str) -> np.ndarray:
+    wave, sr = sf.read(uri, dtype="float32")
+    assert sr == SR
+    return wave
+
+
+def sft_examples(clips: list[tuple[str, str]]) -> list[SFTExample]:
+    return [
+        SFTExample(
+            example_id=f"cot:c{i}:0",
+            variant="cot",
+            clip_id=f"c{i}",
+            audio_uri=uri,
+            question=QUESTION,
+            options=OPTIONS,
+            completion=format_response(f"The tone is {label}.", label),
+            label=label,
+        )
+        for i, (uri, label) in enumerate(clips)
+    ]
+
+
+def grpo_examples(clips: list[tuple[str, str]]) -> list[GRPOExample]:
+    return [
+        GRPOExample(
+            example_id=f"grpo:c{i}",
+            clip_id=f"c{i}",
+            audio_uri=uri,
+            question=QUESTION,
+            options=OPTIONS,
+            label=label,
+            family="acoustic",
+        )
+        for i, (uri, label) in enumerate(clips)
+    ]
