@@ -2,6 +2,9 @@
 
 Every stage is planned by the core (which shards, under which content hash), its shards run as
 mapped tasks, and its manifest is committed last by a final task. Flow bodies read like the DAG.
+The training and evaluation flows run in place by default, or are dispatched to a GPU work pool
+with ``run_deployment`` when the recipe names a deployment (``orchestration.dispatch_*``); the
+dispatching flow then finds every shard committed and reuses them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sightsound_core.storage import ObjectStore
 from sightsound_core.teacher import plan_teacher, plan_vote, teacher_shard, vote_shard
 from sightsound_core.training.stages import grpo_shard, model_paths, plan_grpo, plan_sft, sft_shard
 from sightsound_core.verify import plan_verify, verify_shard
-from tasks.stages import commit_task, shard_task
+from tasks.stages import GPU_STAGES, commit_task, result_storage, shard_task
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +35,21 @@ STAGE_HOOKS: list[Callable[[str, StageRef], None]] = []
 
 
 def run_stage(
+    cfg: PipelineConfig,
     plan: StagePlan,
     store: ObjectStore,
     compute: Callable[..., Any],
     summary: Callable[[], dict] | None = None,
 ) -> StageRef:
-    """Map ``compute`` over the plan's shards as tasks, then commit the manifest."""
-    task = shard_task.with_options(name=plan.stage, tags=[f"stage:{plan.stage}"])
-    futures = [task.submit(job=job, store=store, compute=compute) for job in plan.jobs]
+    """Run the plan's shards as tasks (``shards_per_task`` each), then commit the manifest."""
+    orch = cfg.orchestration
+    tags = [f"stage:{plan.stage}"] + (["gpu"] if plan.stage in GPU_STAGES else [])
+    task = shard_task.with_options(
+        name=plan.stage, tags=tags, retries=orch.retries, result_storage=result_storage(store)
+    )
+    size = orch.shards_per_task
+    batches = [plan.jobs[i : i + size] for i in range(0, len(plan.jobs), size)]
+    futures = [task.submit(jobs=batch, store=store, compute=compute) for batch in batches]
     for future in futures:
         future.result()
     ref = commit_task(plan, store, summary)
@@ -48,64 +58,116 @@ def run_stage(
     return ref
 
 
-@flow(name="distill", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+def _distill(cfg: PipelineConfig) -> dict[str, StageRef]:
+    """The distill flow with the recipe's cap on concurrent shard tasks."""
+    runner = ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers)
+    return distill.with_options(task_runner=runner)(cfg)
+
+
+@flow(name="distill")
 def distill(cfg: PipelineConfig) -> dict[str, StageRef]:
     """ingest -> teacher (K samples) -> vote -> verify (AGFV)."""
     store = open_store(cfg)
-    clips = run_stage(plan_ingest(cfg.ingest, store, cfg.run), store,
+    clips = run_stage(cfg, plan_ingest(cfg.ingest, store, cfg.run), store,
                       lambda job: ingest_shard(cfg.ingest, store, job))
-    samples = run_stage(plan_teacher(cfg.teacher, store, cfg.run, clips), store,
+    samples = run_stage(cfg, plan_teacher(cfg.teacher, store, cfg.run, clips), store,
                         lambda job: teacher_shard(cfg.teacher, store, job))
-    votes = run_stage(plan_vote(cfg.vote, store, cfg.run, clips, samples), store,
+    votes = run_stage(cfg, plan_vote(cfg.vote, store, cfg.run, clips, samples), store,
                       lambda job: vote_shard(cfg.vote, store, job))
-    verdicts = run_stage(plan_verify(cfg.verify, store, cfg.run, clips, samples, votes), store,
+    verdicts = run_stage(cfg, plan_verify(cfg.verify, store, cfg.run, clips, samples, votes), store,
                          lambda job: verify_shard(cfg.verify, store, job))
     return {"clips": clips, "samples": samples, "votes": votes, "verdicts": verdicts}
 
 
-@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True)
 def train(cfg: PipelineConfig, distilled: dict[str, StageRef]) -> dict[str, StageRef]:
     """corpus -> SFT (LoRA) -> GRPO."""
     store = open_store(cfg)
     compute, summary = corpus_work(cfg.corpus, store, distilled)
-    corpus = run_stage(plan_corpus(cfg.corpus, store, cfg.run, distilled), store, compute, summary)
-    sft = run_stage(plan_sft(cfg, store, corpus), store, lambda job: sft_shard(cfg, store, job, corpus))
+    corpus = run_stage(cfg, plan_corpus(cfg.corpus, store, cfg.run, distilled), store, compute, summary)
+    sft = run_stage(cfg, plan_sft(cfg, store, corpus), store,
+                    lambda job: sft_shard(cfg, store, job, corpus))
     out = {"corpus": corpus, "sft": sft}
     if cfg.grpo.enabled:
-        out["grpo"] = run_stage(plan_grpo(cfg, store, corpus, sft), store,
+        out["grpo"] = run_stage(cfg, plan_grpo(cfg, store, corpus, sft), store,
                                 lambda job: grpo_shard(cfg, store, job, corpus, sft))
     return out
 
 
-@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True)
 def evaluate(cfg: PipelineConfig, trained: dict[str, StageRef]) -> dict[str, StageRef]:
-    """benchmarks -> every model on every benchmark -> report."""
+    """benchmarks -> every model on every benchmark -> report (also as Prefect artifacts)."""
     store = open_store(cfg)
     benchmarks = {}
     for bench in cfg.evaluate.benchmarks:
         name = benchmark_stage(bench.name)
         benchmarks[bench.name] = run_stage(
-            plan_ingest(bench.ingest, store, cfg.run, name), store,
+            cfg, plan_ingest(bench.ingest, store, cfg.run, name), store,
             lambda job, b=bench: ingest_shard(b.ingest, store, job),
         )
     models = model_paths(cfg, store, trained["sft"], trained.get("grpo"))
     plan = plan_evaluate(cfg, store, models, benchmarks)
     evaluation = run_stage(
-        plan, store,
+        cfg, plan, store,
         lambda job: evaluate_shard(cfg, store, job, models, benchmarks),
         summary=lambda: evaluation_summary(store, plan),
     )
     inputs = {**trained, "evaluate": evaluation}
-    report = run_stage(plan_report(store, cfg.run, inputs), store,
+    report = run_stage(cfg, plan_report(store, cfg.run, inputs), store,
                        lambda job: report_shard(store, job, cfg.run, inputs))
+    publish_report(store, report)
     return {"evaluate": evaluation, "report": report}
+
+
+def publish_report(store: ObjectStore, report: StageRef) -> None:
+    """The report as artifacts on the flow run: the Markdown and the accuracy table."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    uris = report_uris(report)
+    create_markdown_artifact(
+        markdown=store.read_bytes(uris["markdown"]).decode(), key="sightsound-report",
+        description=f"Report of run {report.manifest['run']} ({uris['html']})",
+    )
+    rows = store.read_table(report.shards[0]).to_pylist()
+    create_table_artifact(
+        table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+        key="sightsound-accuracy", description="Accuracy with 95% Wilson intervals",
+    )
+
+
+def _dispatch(deployment: str, recipe: str, overrides: dict[str, Any] | None) -> None:
+    """Run a flow of this DAG on another work pool and wait for it; fail if it failed."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters={"recipe": recipe, "overrides": overrides or {}})
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"dispatched flow {deployment} ended {run.state and run.state.name}")
 
 
 @flow(name="pipeline")
 def pipeline(recipe: str = str(DEFAULT_RECIPE), overrides: dict[str, Any] | None = None) -> dict[str, str]:
     """The whole SightSound-R1 DAG on one recipe; returns where the report is."""
     cfg = load_config(recipe, overrides)
-    distilled = distill(cfg)
+    distilled = _distill(cfg)
+    if cfg.orchestration.dispatch_train:
+        _dispatch(cfg.orchestration.dispatch_train, recipe, overrides)
     trained = train(cfg, distilled)
+    if cfg.orchestration.dispatch_evaluate:
+        _dispatch(cfg.orchestration.dispatch_evaluate, recipe, overrides)
     evaluated = evaluate(cfg, trained)
     return report_uris(evaluated["report"])
+
+
+@flow(name="train-recipe", persist_result=True)
+def train_recipe(recipe: str, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """Entry point of a GPU-pool deployment: distill (reused) then train, from a recipe."""
+    cfg = load_config(recipe, overrides)
+    trained = train(cfg, _distill(cfg))
+    return {name: ref.dir for name, ref in trained.items()}
+
+
+@flow(name="evaluate-recipe", persist_result=True)
+def evaluate_recipe(recipe: str, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """Entry point of a GPU-pool deployment: everything before evaluation is reused."""
+    cfg = load_config(recipe, overrides)
+    return report_uris(evaluate(cfg, train(cfg, _distill(cfg)))["report"])

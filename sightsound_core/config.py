@@ -96,23 +96,52 @@ class SyntheticConfig(StageConfig):
 
 
 class MediaLimits(StageConfig):
+    """Bounds on media that ingest accepts; anything beyond them is quarantined, not decoded later."""
+
     max_duration_s: float = Field(600.0, gt=0, description="Longer media is quarantined.")
     max_width: int = Field(7680, gt=0, description="Wider video is quarantined.")
     max_height: int = Field(4320, gt=0, description="Taller video is quarantined.")
 
 
 class IngestConfig(StageConfig):
-    dataset: Literal["synthetic"] = Field(
+    """Where clips come from and what ingest accepts (see sightsound_core.datasets.ingest).
+
+    ``requires_video`` / ``requires_audio`` follow from the dataset: the teacher needs a video
+    stream and the verifier and student an audio stream, except MMAU, which is audio only.
+    """
+
+    dataset: Literal["synthetic", "avqa", "music_avqa", "mmau", "folder"] = Field(
         "synthetic", description="Which adapter turns the source into Clip records."
     )
     path: str | None = Field(
-        None, description="Dataset root (local path or fsspec URI); unused for synthetic."
+        None,
+        description="Dataset root (local path or fsspec URI). Every media path of an annotation "
+        "resolves inside it; for folder, the folder or bucket prefix to list. Unused for synthetic.",
     )
-    split: str = Field("train", description="Split to read for real datasets.")
+    annotations: str | None = Field(
+        None,
+        description="Annotation JSON: a path relative to `path`, or an absolute path / URI. Default: "
+        "avqa {split}_qa.json, music_avqa avqa-{split}.json, mmau mmau-test-mini.json.",
+    )
+    split: str = Field("train", description="Split to read for real datasets, written on the clips.")
+    n_options: int = Field(
+        4, ge=2, le=16, description="MUSIC-AVQA: options built for each open answer (gold + distractors)."
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mkv", ".webm", ".mov"],
+        description="folder: file name endings listed as videos (case-insensitive).",
+    )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     limits: MediaLimits = Field(default_factory=MediaLimits)
     shard_size: int = Field(32, ge=1, description="Clips per shard: the unit of caching and retry.")
-    limit: int | None = Field(None, ge=1, description="Read at most this many items.")
+    limit: int | None = Field(
+        None, ge=1, description="Read at most this many items (records, or files for folder)."
+    )
+    storage_options: dict[str, Any] | None = runtime(
+        None,
+        description="fsspec options for the dataset's URIs; default: the store's when the "
+        "protocols match.",
+    )
 
     @model_validator(mode="after")
     def _path_for_real_data(self) -> "IngestConfig":
@@ -120,15 +149,32 @@ class IngestConfig(StageConfig):
             raise ValueError(f"ingest.path is required for dataset '{self.dataset}'")
         return self
 
+    @property
+    def requires_video(self) -> bool:
+        return self.dataset != "mmau"
+
+    @property
+    def requires_audio(self) -> bool:
+        return True
+
 
 class FrameConfig(StageConfig):
+    """How the teacher's silent frames are sampled from each clip's video."""
+
     fps: float = Field(2.0, gt=0, description="Frames per second sampled for the teacher.")
     max_frames: int = Field(16, ge=1, description="At most this many frames per clip.")
     max_pixels: int = Field(224 * 224, ge=32 * 32, description="Frames are downscaled to this area.")
 
 
 class TeacherConfig(StageConfig):
-    backend: Literal["sim"] = Field("sim", description="Teacher backend.")
+    """The vision-language teacher: K samples per question from the silent frames.
+
+    Backends: ``sim`` (the synthetic world's simulated teacher), ``hf`` (transformers, Qwen2.5-VL;
+    encodes each video once for its K samples), ``vllm`` (offline engine, ``n=K`` shares one
+    prefill), ``openai`` (any OpenAI-compatible server, async, bounded, retried).
+    """
+
+    backend: Literal["sim", "hf", "openai", "vllm"] = Field("sim", description="Teacher backend.")
     model: str = Field(
         "sim://vision-teacher",
         description="Model id or path (tiny://qwen2.5-vl for the tiny model, a local checkpoint, "
@@ -140,15 +186,60 @@ class TeacherConfig(StageConfig):
     max_new_tokens: int = Field(256, ge=8)
     seed: int = Field(0, description="Sampling seed.")
     frames: FrameConfig = Field(default_factory=FrameConfig)
-    prompt_version: str = Field("teacher-v1", description="Teacher prompt template version.")
+    prompt_version: str = Field(
+        "teacher-v1", description="Teacher prompt template version; must be this code's version."
+    )
+    media: Literal["video", "frames"] = Field(
+        "video",
+        description="openai backend: send a silent mp4 as video_url (vllm serve, Qwen2.5-VL) or "
+        "the sampled frames as timestamped images (hosted image models).",
+    )
+    questions_per_clip: int = Field(
+        3, ge=1, le=16, description="Question synthesis: questions proposed per unlabeled clip."
+    )
+    questions_prompt_version: str = Field(
+        "questions-v1", description="Question-synthesis prompt version; must be this code's version."
+    )
     base_url: str | None = runtime(None, description="OpenAI-compatible server URL (openai backend).")
     api_key_env: str = runtime("OPENAI_API_KEY", description="Env var holding the API key.")
     concurrency: int = runtime(8, ge=1, description="Requests in flight (openai backend).")
+    requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
+    tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
+    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts (openai).")
+    timeout_s: float = runtime(120.0, gt=0, description="Per-request timeout (openai).")
     batch_size: int = runtime(8, ge=1, description="Clips per generate call (hf/vllm).")
+    device: str = runtime("auto", description="hf: auto, cpu or cuda.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = runtime(
+        "auto", description="hf/vllm weights dtype; auto is bfloat16 on GPU, float32 on CPU."
+    )
+    compile: bool = runtime(
+        False, description="hf: static KV cache and a CUDA-graph-compiled decode step (GPU)."
+    )
     tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallelism.")
+    gpu_memory_utilization: float = runtime(0.9, gt=0, le=1, description="vLLM memory share.")
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _known_teacher_prompt(cls, v: str) -> str:
+        from sightsound_core.prompts import TEACHER_VERSION
+
+        if v != TEACHER_VERSION:
+            raise ValueError(f"this code writes teacher prompt {TEACHER_VERSION!r}, not {v!r}")
+        return v
+
+    @field_validator("questions_prompt_version")
+    @classmethod
+    def _known_questions_prompt(cls, v: str) -> str:
+        from sightsound_core.prompts import QUESTIONS_VERSION
+
+        if v != QUESTIONS_VERSION:
+            raise ValueError(f"this code writes question prompt {QUESTIONS_VERSION!r}, not {v!r}")
+        return v
 
 
 class VoteConfig(StageConfig):
+    """The test-time-scaling filter over each clip's K parsed answers."""
+
     policy: Literal["unanimous", "majority"] = Field(
         "unanimous", description="unanimous (the paper) or majority (agreement >= min_agreement)."
     )
@@ -159,20 +250,47 @@ class VoteConfig(StageConfig):
 
 
 class VerifyConfig(StageConfig):
-    backend: Literal["sim"] = Field("sim", description="Verifier backend.")
-    model: str = Field("sim://waveform-verifier", description="Verifier model id or path.")
+    """AGFV: an audio model hears each kept trace's clip and accepts or rejects the trace.
+
+    The API key is never a field: only the names of where it lives (``api_key_env``,
+    ``api_key_secret``) are, and both are runtime knobs outside the stage hash.
+    """
+
+    backend: Literal["sim", "openai", "hf", "vllm"] = Field(
+        "sim",
+        description="sim (waveform simulator), openai (any OpenAI-compatible server: GPT-4o-audio, "
+        "vllm serve with Qwen2-Audio / Qwen2.5-Omni), hf (transformers Qwen2-Audio), vllm (offline).",
+    )
+    model: str = Field(
+        "sim://waveform-verifier",
+        description="Verifier model: a served model name (openai), a checkpoint path or hub id "
+        "(hf, vllm; tiny://qwen2-audio in tests).",
+    )
     prompt_version: str = Field("verifier-v1")
     samples_per_clip: int = Field(
         1, ge=1, description="Traces verified per kept clip (the first N of its K samples)."
     )
     max_new_tokens: int = Field(256, ge=8)
-    base_url: str | None = runtime(None, description="OpenAI-compatible server URL.")
-    api_key_env: str = runtime("OPENAI_API_KEY", description="Env var holding the API key.")
+    base_url: str | None = runtime(None, description="OpenAI-compatible server URL (None: OpenAI's).")
+    api_key_env: str | None = runtime(
+        "OPENAI_API_KEY", description="Env var holding the API key; null for servers that take none."
+    )
+    api_key_secret: str | None = runtime(
+        None, description="Prefect Secret block name read when the env var is unset."
+    )
     concurrency: int = runtime(16, ge=1, description="Requests in flight.")
     requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
     tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
-    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts.")
+    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts/malformed replies.")
     timeout_s: float = runtime(60.0, gt=0, description="Per-request timeout.")
+    backoff_base_s: float = runtime(0.5, gt=0, description="First retry waits up to this long.")
+    backoff_max_s: float = runtime(30.0, gt=0, description="Longest backoff between retries.")
+    part_size: int = runtime(
+        64, ge=1, description="Verdicts per part file: work a killed shard keeps on restart."
+    )
+    batch_size: int = runtime(8, ge=1, description="Traces per generate call (hf, vllm).")
+    device: str = runtime("auto", description="auto, cpu or cuda (hf).")
+    tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallelism.")
 
 
 class CorpusConfig(StageConfig):
@@ -256,6 +374,23 @@ class ModelsConfig(StageConfig):
     device: str = runtime("auto", description="auto, cpu or cuda.")
 
 
+class OrchestrationConfig(StageConfig):
+    """How the DAG is run; none of it changes results."""
+
+    max_workers: int = runtime(2, ge=1, description="Task runner threads for shard tasks.")
+    shards_per_task: int = runtime(
+        1, ge=1, description="Shards one task processes: raise it for stages of many tiny shards."
+    )
+    retries: int = runtime(2, ge=0, description="Retries of a task on transient errors only.")
+    dispatch_train: str | None = runtime(
+        None, description="Deployment ('flow/deployment') that runs the training flow on a GPU "
+        "pool; None runs it in place."
+    )
+    dispatch_evaluate: str | None = runtime(
+        None, description="Deployment that runs the evaluation flow on a GPU pool."
+    )
+
+
 class PipelineConfig(StageConfig):
     run: str = Field("demo", description="Run name: outputs go under {store.root}/{run}/.")
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -268,6 +403,7 @@ class PipelineConfig(StageConfig):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @field_validator("run")
     @classmethod

@@ -64,7 +64,9 @@ class ShardJob:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.stage}-{self.stage_hash}-{self.index:05d}-{self.input_fingerprint}"
+        """Content signature of this shard's work; the output URI brings in the run."""
+        where = hashlib.sha256(self.output_uri.encode()).hexdigest()[:8]
+        return f"{self.stage}-{self.stage_hash}-{self.index:05d}-{self.input_fingerprint}-{where}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""One Prefect task per kind of shard work. Each only adds orchestration to a core call.
+"""Thin Prefect tasks around the core's shard work: caching, retries, tags, names. Nothing else.
 
-Cache keys are the shard's content signature (stage hash, shard index, input fingerprint), so a
-re-run with the same inputs is a cache hit in the UI, and the core's own check (a committed shard
-with the same input fingerprint) keeps the store the source of truth.
+A shard task runs one or more shards of a stage (``shards_per_task``: batching keeps Prefect's
+per-task cost small for stages of many tiny shards). Its cache key is the content signature of
+its shards (stage hash, shard indices, input fingerprints, output location), and its result, the
+shard URIs, is persisted to the run's own object store, so a re-run shows as cache hits in the UI.
+The core's check that each shard is committed from the same inputs stays the source of truth.
 """
 
 from __future__ import annotations
@@ -13,43 +15,76 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sightsound_core import stage as core_stage
+from sightsound_core.config import digest
+from sightsound_core.errors import is_transient
 from sightsound_core.stage import ShardJob, StagePlan, StageRef
 from sightsound_core.storage import ObjectStore
 
+# Stages whose work belongs on a GPU pool; the tag carries the pool's concurrency limit.
+GPU_STAGES = {"sft", "grpo", "evaluate"}
+# Credentials in storage options must not be copied into a Prefect block document.
+_SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
 
-def _job_key(context: Any, parameters: dict[str, Any]) -> str:
-    return parameters["job"].cache_key
+
+def _batch_key(context: Any, parameters: dict[str, Any]) -> str:
+    return digest([job.cache_key for job in parameters["jobs"]], length=32)
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry network and server trouble, never bad input (which is quarantined, not raised)."""
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network, rate-limit, server and GPU-memory failures; never bad input or bugs."""
     try:
         state.result()
-    except (ConnectionError, TimeoutError, OSError):
-        return True
-    except Exception:
-        return False
+    except Exception as exc:  # the failed state re-raises the task's exception
+        return is_transient(exc)
     return False
 
 
 @task(
-    cache_key_fn=_job_key,
+    cache_key_fn=_batch_key,
     persist_result=True,
     retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=_transient,
-    task_run_name="{job.stage}-{job.index:05d}",
+    retry_delay_seconds=[2, 10, 30],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+    task_run_name=lambda: _run_name(),
 )
 def shard_task(
-    job: ShardJob,
-    store: ObjectStore,
-    compute: Callable[[ShardJob], Any],
-) -> str:
-    """Compute and commit one shard (or reuse its valid commit); returns the shard URI."""
-    return core_stage.run_shard(store, job, compute)
+    jobs: list[ShardJob], store: ObjectStore, compute: Callable[[ShardJob], Any]
+) -> list[str]:
+    """Compute and commit each shard (or reuse its valid commit); returns the shard URIs."""
+    return [core_stage.run_shard(store, job, compute) for job in jobs]
+
+
+def _run_name() -> str:
+    from prefect.runtime import task_run
+
+    jobs = task_run.parameters["jobs"]
+    first, last = jobs[0].index, jobs[-1].index
+    span = f"{first:05d}" if first == last else f"{first:05d}-{last:05d}"
+    return f"{jobs[0].stage}-{span}"
 
 
 @task(cache_policy=NO_CACHE, task_run_name="commit-{plan.stage}")
-def commit_task(plan: StagePlan, store: ObjectStore, summary: Callable[[], dict] | None = None) -> StageRef:
+def commit_task(
+    plan: StagePlan, store: ObjectStore, summary: Callable[[], dict] | None = None
+) -> StageRef:
     """Write the stage's manifest last, once every shard is committed."""
     return core_stage.finalize(store, plan, summary)
+
+
+def result_storage(store: ObjectStore) -> Any:
+    """A saved Prefect storage block on the run's object store (``{root}/_prefect``).
+
+    Saved by name because Prefect's result storage must be a saved block. Credentials are left
+    out of the block: workers take them from their environment (or IAM), as s3fs does.
+    """
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    base = store.uri("_prefect")
+    if store.protocol == "file":
+        block = LocalFileSystem(basepath=store.local_path(base))
+    else:
+        settings = {k: v for k, v in store.storage_options.items() if k not in _SECRET_OPTIONS}
+        block = RemoteFileSystem(basepath=base, settings=settings)
+    block.save(f"sightsound-results-{digest(store.root, 12)}", overwrite=True)
+    return block

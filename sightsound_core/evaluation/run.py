@@ -36,7 +36,10 @@ def plan_evaluate(
         if tag in models
         for name, ref in benchmarks.items()
     ]
+    # The models are inputs too: a retrained model moves evaluation to a new directory instead
+    # of overwriting the results of the old one.
     upstream = [f"{name}={ref.stage_hash}" for name, ref in sorted(benchmarks.items())]
+    upstream += [f"model:{tag}={models[tag][1]}" for tag in cfg.evaluate.models if tag in models]
     return plan_sources(store, cfg.run, STAGE, cfg.evaluate, sources, upstream)
 
 

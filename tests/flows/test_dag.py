@@ -2,27 +2,10 @@
 
 import os
 
-import pytest
-import yaml
-
-from sightsound_core.config import DEFAULT_RECIPE
+from sightsound_core.config import load_config
 from sightsound_core.pipeline import open_store
 from sightsound_core.stage import read_index
 from sightsound_core.status import run_status
-
-
-def _small_recipe(tmp_path, root):
-    data = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    data["store"]["root"] = root
-    data["ingest"]["synthetic"]["n_clips"] = 24
-    data["ingest"]["shard_size"] = 12
-    data["sft"].update(max_steps=2, variants=["cot"])
-    data["grpo"].update(max_steps=1, num_generations=2, prompts_per_step=1, max_completion_length=8)
-    data["evaluate"].update(models=["pretrained", "cot", "grpo"], max_new_tokens=8)
-    data["evaluate"]["benchmarks"][0]["ingest"]["synthetic"]["n_clips"] = 8
-    path = tmp_path / "small.yaml"
-    path.write_text("# Run: sightsound run small.yaml\n" + yaml.safe_dump(data))
-    return path
 
 
 def _files(root):
@@ -34,12 +17,11 @@ def _files(root):
     return out
 
 
-def test_pipeline_runs_every_stage_then_reuses_all(prefect_harness, tmp_path):
+def test_pipeline_runs_every_stage_then_reuses_all(prefect_harness, tmp_path, small_recipe):
     from flows.dag import pipeline
-    from sightsound_core.config import load_config
 
     root = tmp_path / "store"
-    recipe = _small_recipe(tmp_path, f"file://{root}")
+    recipe = small_recipe(tmp_path / "small.yaml", f"file://{root}")
     uris = pipeline(recipe=str(recipe))
     cfg = load_config(recipe)
     store = open_store(cfg)
@@ -49,16 +31,15 @@ def test_pipeline_runs_every_stage_then_reuses_all(prefect_harness, tmp_path):
                 "bench-synthetic-test", "evaluate", "report"}
     assert set(stages) == expected
     assert all(r["state"] == "done" for r in stages.values())
-    assert stages["teacher"]["rows"] == 24 * cfg.teacher.k
-    assert stages["evaluate"]["rows"] == 3 * 8
+    assert stages["teacher"]["rows"] == 16 * cfg.teacher.k
+    assert stages["evaluate"]["rows"] == 3 * 4
     html = store.read_bytes(uris["html"]).decode()
     assert "<table id='accuracy'>" in html and "data:image/png;base64," in html
 
-    before = _files(root)
+    data_files = lambda: {p: t for p, t in _files(root).items() if "/_prefect/" not in p and "/_index/" not in p}
+    before = data_files()
     index_before = read_index(store, cfg.run)
     pipeline(recipe=str(recipe))
-    after = _files(root)
-    # Nothing recomputed: no shard, manifest or model file was rewritten; only the run index.
-    changed = [p for p in after if before.get(p) != after[p] and "/_index/" not in p]
-    assert changed == []
+    # Nothing recomputed: no shard, manifest, media or model file was rewritten.
+    assert data_files() == before
     assert read_index(store, cfg.run) == index_before
