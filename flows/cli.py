@@ -151,5 +151,39 @@ def ui(
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
+@app.command()
+def plan(
+    set_: list[str] = typer.Option(
+        [], "--set", help="An input, e.g. --set clips=500000 --set gpus=16 (repeatable); "
+        "see `sightsound plan --show-inputs`."
+    ),
+    show_inputs: bool = typer.Option(False, "--show-inputs", help="List every input and default."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Estimate a run before starting it: GPU-hours per stage, API calls and cost, wall time."""
+    from sightsound_core.capacity import CapacityInputs, estimate
+
+    if show_inputs:
+        for name, field in CapacityInputs.model_fields.items():
+            print(f"{name} = {field.default!r}  {field.description or ''}")
+        return
+    try:
+        inputs = CapacityInputs.model_validate(_parse_sets(set_))
+    except Exception as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    result = estimate(inputs)
+    if as_json:
+        print(json.dumps({"inputs": inputs.model_dump(), "estimate": result}, indent=2))
+        return
+    table = Table(title=f"{inputs.clips:,} clips, K={inputs.k}, {inputs.gpus} GPUs")
+    for col in ("stage", "GPU-hours", "wall hours", "GPU cost", "API calls", "API cost"):
+        table.add_column(col, justify="right")
+    for name, r in result.items():
+        table.add_row(name, f"{r['gpu_hours']:,}", f"{r['wall_hours']:,}", f"{r['gpu_cost']:,}",
+                      f"{r.get('api_calls', '')}", f"{r.get('api_cost', '')}")
+    Console().print(table)
+
+
 if __name__ == "__main__":
     app()

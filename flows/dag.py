@@ -47,7 +47,7 @@ def run_stage(
     task = shard_task.with_options(
         name=plan.stage, tags=tags, retries=orch.retries, result_storage=result_storage(store)
     )
-    size = orch.shards_per_task
+    size = orch.batch_size(len(plan.jobs))
     batches = [plan.jobs[i : i + size] for i in range(0, len(plan.jobs), size)]
     futures = [task.submit(jobs=batch, store=store, compute=compute) for batch in batches]
     for future in futures:

@@ -378,9 +378,22 @@ class OrchestrationConfig(StageConfig):
     """How the DAG is run; none of it changes results."""
 
     max_workers: int = runtime(2, ge=1, description="Task runner threads for shard tasks.")
-    shards_per_task: int = runtime(
-        1, ge=1, description="Shards one task processes: raise it for stages of many tiny shards."
+    shards_per_task: int | Literal["auto"] = runtime(
+        "auto",
+        description="Shards one task processes. auto: enough tasks to keep every worker busy "
+        "about four times over, so stages of many tiny shards do not pay Prefect's per-task cost "
+        "per shard; a failed task's committed shards are still reused on retry.",
     )
+
+    def batch_size(self, n_shards: int) -> int:
+        """Shards per task for a stage of ``n_shards``.
+
+        >>> OrchestrationConfig().batch_size(1000), OrchestrationConfig().batch_size(3)
+        (125, 1)
+        """
+        if self.shards_per_task == "auto":
+            return max(1, -(-n_shards // (4 * self.max_workers)))
+        return self.shards_per_task
     retries: int = runtime(2, ge=0, description="Retries of a task on transient errors only.")
     dispatch_train: str | None = runtime(
         None, description="Deployment ('flow/deployment') that runs the training flow on a GPU "

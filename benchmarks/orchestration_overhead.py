@@ -1,0 +1,80 @@
+"""Orchestration overhead: one stage of N tiny shards, Prefect tasks vs the same core calls in a loop.
+
+Usage: .venv/bin/python benchmarks/orchestration_overhead.py [--shards 1000] [--batch 1 50]
+
+Each shard does real stage work (plan, compute a small table, atomic Parquet commit, fingerprint
+check); the stage ends with its manifest. Prints JSON: wall time of the plain loop, and for each
+``shards_per_task`` the Prefect wall time and its overhead relative to the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+
+def _compute(job):
+    import pyarrow as pa
+
+    return pa.table({"i": list(range(job.index, job.index + 20))}), None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--batch", nargs="+", default=["1", "50", "auto"],
+                        help="shards_per_task values to measure (integers or auto)")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="sightsound-orch-")
+    os.environ.setdefault("PREFECT_HOME", os.path.join(tmp, "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+
+    from prefect import flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.dag import run_stage
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.stage import plan_sources, run_plan
+    from sightsound_core.storage import ObjectStore
+
+    sources = [{"n": i} for i in range(args.shards)]
+
+    store = ObjectStore(f"file://{tmp}/plain")
+    t0 = time.perf_counter()
+    run_plan(store, plan_sources(store, "bench", "tiny", {"v": 1}, sources), _compute)
+    plain_s = time.perf_counter() - t0
+
+    results = []
+    with prefect_test_harness(server_startup_timeout=90):
+        for batch in [b if b == "auto" else int(b) for b in args.batch]:
+            cfg = PipelineConfig.model_validate(
+                {"orchestration": {"shards_per_task": batch, "max_workers": 2}}
+            )
+            store = ObjectStore(f"file://{tmp}/prefect-{batch}")
+            plan = plan_sources(store, "bench", "tiny", {"v": 1}, sources)
+
+            @flow(name=f"overhead-{batch}", task_runner=ThreadPoolTaskRunner(max_workers=2))
+            def stage_flow():
+                run_stage(cfg, plan, store, _compute)
+
+            t0 = time.perf_counter()
+            stage_flow()
+            wall = time.perf_counter() - t0
+            results.append({
+                "shards_per_task": batch,
+                "tasks": -(-args.shards // cfg.orchestration.batch_size(args.shards)),
+                "prefect_s": round(wall, 3),
+                "overhead": round(wall / plain_s - 1, 3),
+            })
+    print(json.dumps({"shards": args.shards, "plain_loop_s": round(plain_s, 3), "prefect": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
