@@ -1,0 +1,110 @@
+"""prefect deploy -> process worker -> deployment run -> the flow run's page in headless Chromium.
+
+Runs a real local Prefect server and worker as subprocesses, exactly as deployments/README.md
+tells a user to; the screenshot lands in test-artifacts/ for a person to look at.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url, proc, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "prefect server exited"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("prefect server did not become healthy")
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = _port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_LOGGING_LEVEL="WARNING")
+    Path(env["PREFECT_HOME"]).mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait_healthy(env["PREFECT_API_URL"], server)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _prefect(env, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT, text=True,
+                          capture_output=True, check=True, **kw)
+
+
+@pytest.mark.slow
+def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
+    assert Path(CHROMIUM).exists(), "Debian chromium is required: apt-get install -y chromium"
+    env = dict(prefect_server, SIGHTSOUND_REPO=str(ROOT))
+    _prefect(env, "work-pool", "create", "sightsound-local", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "demo")
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "sightsound-local"],
+        env=env, cwd=ROOT, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        overrides = {
+            "store.root": f"file://{tmp_path}/store", "ingest.synthetic.n_clips": 8,
+            "ingest.shard_size": 8, "sft.max_steps": 1, "sft.variants": ["cot"],
+            "grpo.max_steps": 1, "grpo.num_generations": 2, "grpo.prompts_per_step": 1,
+            "grpo.max_completion_length": 4, "evaluate.models": ["pretrained", "cot"],
+            "evaluate.max_new_tokens": 4,
+            "evaluate.benchmarks": [{"name": "t", "ingest": {"synthetic": {"n_clips": 2, "seed": 1}}}],
+        }
+        out = _prefect(env, "deployment", "run", "pipeline/demo", "--param",
+                       f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "600",
+                       timeout=700).stdout
+        assert "Completed" in out, out[-2000:]
+        run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert (tmp_path / "store" / "demo" / "_index" / "report.json").exists()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "flow-run.png"
+    url = env["PREFECT_API_URL"].removesuffix("/api") + f"/runs/flow-run/{run_id}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,900",
+             "--virtual-time-budget=15000"]
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], check=True, timeout=120,
+                   capture_output=True)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], check=True, timeout=120,
+                         capture_output=True, text=True).stdout
+    assert shot.stat().st_size > 10_000
+    assert "pipeline" in dom and "Completed" in dom
