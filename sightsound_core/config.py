@@ -201,7 +201,9 @@ class TeacherConfig(StageConfig):
         "questions-v1", description="Question-synthesis prompt version; must be this code's version."
     )
     base_url: str | None = runtime(None, description="OpenAI-compatible server URL (openai backend).")
-    api_key_env: str = runtime("OPENAI_API_KEY", description="Env var holding the API key.")
+    api_key_env: str | None = runtime(
+        "OPENAI_API_KEY", description="Env var holding the API key; null for servers that take none."
+    )
     concurrency: int = runtime(8, ge=1, description="Requests in flight (openai backend).")
     requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
     tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
@@ -347,21 +349,71 @@ class GRPOConfig(StageConfig):
 
 
 class BenchmarkConfig(StageConfig):
-    name: str = Field(description="Name in the report.")
+    """One benchmark of the evaluate stage: its items (an ingest config) and its scoring rule.
+
+    Each real benchmark is scored only by its own rule (``mmau`` items by MMAU's official string
+    match, never by option equality), and MMAU's annotation release must be named: the May 2025
+    relabel changed about a quarter of test-mini's answers, so a score means nothing without it.
+    """
+
+    name: str = Field(description="Name in the report; unique among the benchmarks.")
     ingest: IngestConfig = Field(description="Where its items come from.")
-    scorer: Literal["option"] = Field(
-        "option", description="Scoring rule: the parsed option equals the label."
+    scorer: Literal["option", "avqa", "music_avqa", "mmau"] = Field(
+        "option",
+        description="Scoring rule (sightsound_core.evaluation.scoring): option (parsed option equals "
+        "the label: synthetic, folder), avqa, music_avqa, mmau (official string match on the "
+        "<answer> content). avqa, music_avqa and mmau go with their own dataset only.",
     )
+    annotation_version: str | None = Field(
+        None,
+        description="Which release of the annotations was scored, recorded with the scores and in "
+        "the prediction file. Required for mmau: e.g. 'v05.15.25' (the May 2025 relabel) or "
+        "'original' (the 2024 release).",
+    )
+
+    @model_validator(mode="after")
+    def _scorer_fits_dataset(self) -> "BenchmarkConfig":
+        own_rule = ("avqa", "music_avqa", "mmau")
+        dataset = self.ingest.dataset
+        if (dataset in own_rule or self.scorer in own_rule) and self.scorer != dataset:
+            raise ValueError(
+                f"benchmark {self.name!r}: dataset {dataset!r} cannot be scored by {self.scorer!r}"
+                + (f"; use scorer: {dataset}" if dataset in own_rule else "")
+            )
+        if self.scorer == "mmau" and not self.annotation_version:
+            raise ValueError(
+                f"benchmark {self.name!r}: name the MMAU annotation release in annotation_version "
+                "(e.g. 'v05.15.25' or 'original')"
+            )
+        return self
+
+
+EVALUATED_MODELS = ("pretrained", "label_only", "cot_noagfv", "cot", "grpo")
 
 
 class EvaluateConfig(StageConfig):
+    """Every model the run produced, on every benchmark (one job per pair)."""
+
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     models: list[Literal["pretrained", "label_only", "cot_noagfv", "cot", "grpo"]] = Field(
-        default_factory=lambda: ["pretrained", "cot", "grpo"],
-        description="Which of the run's models to evaluate (those the run produced).",
+        default_factory=lambda: list(EVALUATED_MODELS),
+        description="Which of the run's models to evaluate; a model the run did not produce "
+        "(an SFT variant not trained, GRPO disabled) is skipped.",
+    )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Inference engine: hf (transformers, CPU or GPU) or vllm (GPU host)."
     )
     max_new_tokens: int = Field(128, ge=4)
-    batch_size: int = runtime(16, ge=1)
+    batch_size: int = runtime(64, ge=1, description="Items per generate call.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_names(cls, v: list[BenchmarkConfig]) -> list[BenchmarkConfig]:
+        names = [b.name for b in v]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"benchmark names must be unique; repeated: {repeated}")
+        return v
 
 
 class ModelsConfig(StageConfig):

@@ -2,16 +2,47 @@
 
 Every item becomes either a Clip row or a Quarantine row with a reason; nothing is dropped
 silently and nothing stops the run.
+
+Sources (``IngestConfig.dataset``):
+
+- ``synthetic``: the procedural world (sightsound_core.datasets.synthetic), files written here.
+- ``avqa``, ``music_avqa``, ``mmau``: an annotation JSON plus media under a dataset root
+  (local path or object-store URI). The file's records are sharded in order, ``shard_size`` per
+  shard; a shard's input fingerprint covers its records, what they depend on elsewhere in the
+  file (duplicate ids, MUSIC-AVQA's answer pools) and each media file's size and mtime or ETag, so
+  a re-run reuses every committed shard whose inputs did not change. An annotation file that
+  cannot be read at all becomes one shard holding one Quarantine row.
+- ``folder``: unlabeled videos under a root, added incrementally (sightsound_core.datasets.folder).
+
+Checks, cheapest first, each refusal a Quarantine row (``input`` is the clip id, or
+``{annotations}#/{position}`` before an id is known): a record that is not an object, non-UTF-8
+text, missing or mistyped fields, a duplicate id (the first record with an id keeps it), a media
+path that escapes the root, too few options or a label not among them, then the media file itself
+(``media.decode.screen_media``: not found, empty, not media, truncated, over the configured
+duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import posixpath
 from typing import Any
 
 import pyarrow as pa
 
-from sightsound_core.config import IngestConfig
+from sightsound_core.config import IngestConfig, digest
+from sightsound_core.datasets import avqa, folder, mmau, music_avqa
+from sightsound_core.datasets.common import (
+    Adapter,
+    DatasetRoot,
+    Refused,
+    check_text,
+    read_annotations,
+    safe_text,
+)
+from sightsound_core.media.decode import MediaError, MediaInfo, screen_media
 from sightsound_core.schemas import Clip, Quarantine
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
@@ -19,6 +50,7 @@ from sightsound_core.storage import ObjectStore, join
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (avqa.ADAPTER, music_avqa.ADAPTER, mmau.ADAPTER)}
 
 
 def validate_clip(clip: Clip) -> tuple[str, str] | None:
@@ -36,6 +68,10 @@ def validate_clip(clip: Clip) -> tuple[str, str] | None:
     return None
 
 
+def quarantine(stage: str, item: str, reason: str, detail: str) -> Quarantine:
+    return Quarantine(stage, safe_text(item), reason, safe_text(detail))
+
+
 def screen(clips: list[Clip], stage: str = STAGE) -> tuple[list[Clip], list[Quarantine]]:
     """Split clips into usable ones and quarantine rows (bad fields, duplicate ids)."""
     good: list[Clip] = []
@@ -46,13 +82,182 @@ def screen(clips: list[Clip], stage: str = STAGE) -> tuple[list[Clip], list[Quar
         if problem is None and clip.clip_id in seen:
             problem = ("duplicate_id", f"{clip.clip_id} appears more than once")
         if problem:
-            bad.append(Quarantine(stage, clip.clip_id, *problem))
+            bad.append(quarantine(stage, clip.clip_id, *problem))
             continue
         seen.add(clip.clip_id)
         good.append(clip)
     return good, bad
 
 
+# -- where a dataset lives ------------------------------------------------------------------------
+def storage_options(cfg: IngestConfig, store: ObjectStore, uri: str) -> dict[str, Any]:
+    """fsspec options for a dataset URI: ``cfg.storage_options``, else the store's on its protocol."""
+    if cfg.storage_options is not None:
+        return cfg.storage_options
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    protocol = {"s3a": "s3", "s3n": "s3"}.get(protocol, protocol)
+    return store.storage_options if protocol == store.protocol else {}
+
+
+def dataset_root(cfg: IngestConfig, store: ObjectStore) -> DatasetRoot:
+    assert cfg.path is not None
+    return DatasetRoot.open(cfg.path, storage_options(cfg, store, cfg.path))
+
+
+def annotations_uri(cfg: IngestConfig, adapter: Adapter, root: DatasetRoot) -> str:
+    name = cfg.annotations or adapter.default_annotations(cfg.split)
+    if "://" in name or os.path.isabs(name):
+        return name
+    return join(root.uri, name)
+
+
+def _read_records(cfg: IngestConfig, store: ObjectStore, uri: str) -> list[Any]:
+    records = read_annotations(uri, storage_options(cfg, store, uri))
+    return records[: cfg.limit] if cfg.limit else records
+
+
+# -- annotated datasets ---------------------------------------------------------------------------
+def _safe_id(adapter: Adapter, record: Any) -> str | None:
+    try:
+        return adapter.native_id(record)
+    except (Refused, TypeError, AttributeError):
+        return None
+
+
+def _first_positions(adapter: Adapter, records: list[Any]) -> dict[str, int]:
+    """Each native id's first position in the file: later records with that id are duplicates."""
+    first: dict[str, int] = {}
+    for pos, record in enumerate(records):
+        native = _safe_id(adapter, record)
+        if native is not None:
+            first.setdefault(native, pos)
+    return first
+
+
+def _media_key(adapter: Adapter, record: Any) -> str | None:
+    try:
+        return posixpath.normpath(adapter.media_path(record))
+    except (Refused, TypeError, AttributeError):
+        return None
+
+
+def _records_fingerprint(
+    adapter: Adapter, records: list[Any], first: dict[str, int], context: Any, start: int, stop: int
+) -> str:
+    """What shard ``start..stop``'s clips depend on in the annotation file: its records, which of
+    them are duplicates of earlier ones, and the part of the file-wide context they use."""
+    part = records[start:stop]
+    duplicates = [
+        pos for pos in range(start, stop) if first.get(_safe_id(adapter, records[pos]) or "", pos) != pos
+    ]
+    return digest([part, duplicates, adapter.context_for(context, part)])
+
+
+def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, Any]]:
+    adapter = ADAPTERS[cfg.dataset]
+    root = dataset_root(cfg, store)
+    uri = annotations_uri(cfg, adapter, root)
+    head = {"kind": cfg.dataset, "annotations": uri}
+    try:
+        records = _read_records(cfg, store, uri)
+    except Refused as exc:
+        return [{**head, "error": [exc.reason, exc.detail]}]
+    first, context = _first_positions(adapter, records), adapter.context(records)
+    listing = root.listing()
+    sources = []
+    for start in range(0, max(len(records), 1), cfg.shard_size):
+        stop = min(start + cfg.shard_size, len(records))
+        media = [listing.get(_media_key(adapter, r) or "") for r in records[start:stop]]
+        sources.append(
+            {
+                **head,
+                "start": start,
+                "stop": stop,
+                "records": _records_fingerprint(adapter, records, first, context, start, stop),
+                "media": digest(media),
+            }
+        )
+    return sources
+
+
+def _ingest_annotated(
+    cfg: IngestConfig, store: ObjectStore, job: ShardJob
+) -> tuple[list[Clip], list[Quarantine]]:
+    src = job.source
+    if "error" in src:
+        return [], [quarantine(job.stage, src["annotations"], *src["error"])]
+    adapter = ADAPTERS[cfg.dataset]
+    root = dataset_root(cfg, store)
+    uri = src["annotations"]
+    records = _read_records(cfg, store, uri)
+    first, context = _first_positions(adapter, records), adapter.context(records)
+    start, stop = src["start"], src["stop"]
+    if _records_fingerprint(adapter, records, first, context, start, stop) != src["records"]:
+        raise RuntimeError(f"{uri} changed since this stage was planned; plan it again")
+
+    clips: list[Clip] = []
+    bad: list[Quarantine] = []
+    probed: dict[str, MediaInfo | MediaError] = {}
+    for pos in range(start, stop):
+        record = records[pos]
+        item = f"{uri}#/{pos}"
+        try:
+            if not isinstance(record, dict):
+                raise Refused("malformed_record", f"record is a {type(record).__name__}, not an object")
+            native = adapter.native_id(record)
+            item = f"{adapter.name}:{native}"
+            check_text(record)
+            if first[native] != pos:
+                raise Refused("duplicate_id", f"{item} already given by record {first[native]}")
+            media_uri = root.resolve(adapter.media_path(record))
+            clip = adapter.to_clip(record, context, cfg, media_uri)
+            problem = validate_clip(clip)
+            if problem:
+                raise Refused(*problem)
+            info = _screen(cfg, root, media_uri, probed)
+            clips.append(dataclasses.replace(clip, duration_s=info.duration_s))
+        except (Refused, MediaError) as exc:
+            bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
+    return clips, bad
+
+
+def _screen(
+    cfg: IngestConfig, root: DatasetRoot, uri: str, probed: dict[str, MediaInfo | MediaError]
+) -> MediaInfo:
+    """``screen_media`` once per file in a shard (AVQA and MUSIC-AVQA ask many questions per video)."""
+    if uri not in probed:
+        try:
+            probed[uri] = screen_media(
+                uri, cfg.limits, cfg.requires_video, cfg.requires_audio, root.storage_options
+            )
+        except MediaError as exc:
+            probed[uri] = exc
+    result = probed[uri]
+    if isinstance(result, MediaError):
+        raise result
+    return result
+
+
+# -- folder of unlabeled videos -------------------------------------------------------------------
+def _ingest_folder(
+    cfg: IngestConfig, store: ObjectStore, job: ShardJob
+) -> tuple[list[Clip], list[Quarantine]]:
+    root = dataset_root(cfg, store)
+    clips: list[Clip] = []
+    bad: list[Quarantine] = []
+    for f in job.source["files"]:
+        item = f"folder:{f['path']}"
+        try:
+            folder.check_file(f)
+            uri = root.resolve(f["path"])
+            info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio, root.storage_options)
+            clips.append(folder.to_clip(f, cfg, uri, info.duration_s))
+        except (Refused, MediaError) as exc:
+            bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
+    return clips, bad
+
+
+# -- synthetic world ------------------------------------------------------------------------------
 def _synthetic_sources(cfg: IngestConfig) -> list[dict[str, Any]]:
     n = cfg.synthetic.n_clips if cfg.limit is None else min(cfg.limit, cfg.synthetic.n_clips)
     return [
@@ -61,23 +266,43 @@ def _synthetic_sources(cfg: IngestConfig) -> list[dict[str, Any]]:
     ]
 
 
-def plan_ingest(
-    cfg: IngestConfig, store: ObjectStore, run: str, stage: str = STAGE
-) -> StagePlan:
-    if cfg.dataset != "synthetic":
-        raise ValueError(f"ingest.dataset={cfg.dataset!r} has no adapter yet")
-    return plan_sources(store, run, stage, cfg, _synthetic_sources(cfg))
-
-
-def ingest_shard(
+def _ingest_synthetic(
     cfg: IngestConfig, store: ObjectStore, job: ShardJob
-) -> tuple[pa.Table, pa.Table | None]:
+) -> tuple[list[Clip], list[Quarantine]]:
     from sightsound_core.datasets.synthetic import generate_clips
 
     media_dir = join(job.output_uri.rsplit("/", 1)[0], "media")
     src = job.source
     clips = generate_clips(cfg.synthetic, media_dir, src["start"], src["stop"], store.storage_options)
-    good, bad = screen(clips, job.stage)
+    return clips, []
+
+
+# -- the stage ------------------------------------------------------------------------------------
+def plan_ingest(
+    cfg: IngestConfig, store: ObjectStore, run: str, stage: str = STAGE
+) -> StagePlan:
+    if cfg.dataset == "synthetic":
+        sources = _synthetic_sources(cfg)
+    elif cfg.dataset == "folder":
+        sources = folder.plan_folder(cfg, store, run, stage, dataset_root(cfg, store))
+    else:
+        sources = _annotated_sources(cfg, store)
+    return plan_sources(store, run, stage, cfg, sources)
+
+
+def ingest_shard(
+    cfg: IngestConfig, store: ObjectStore, job: ShardJob
+) -> tuple[pa.Table, pa.Table | None]:
+    if cfg.dataset == "synthetic":
+        clips, bad = _ingest_synthetic(cfg, store, job)
+    elif cfg.dataset == "folder":
+        clips, bad = _ingest_folder(cfg, store, job)
+    else:
+        clips, bad = _ingest_annotated(cfg, store, job)
+    good, refused = screen(clips, job.stage)
+    bad += refused
+    if bad:
+        log.info("%s shard %d: %d clips, %d quarantined", job.stage, job.index, len(good), len(bad))
     return Clip.to_table(good), Quarantine.to_table(bad)
 
 

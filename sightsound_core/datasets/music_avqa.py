@@ -1,0 +1,158 @@
+"""MUSIC-AVQA (Li et al., CVPR 2022): open-answer questions on music performance videos.
+
+Annotation files ``avqa-{train,val,test}.json`` are JSON arrays of records::
+
+    {"video_id": "00006835", "question_id": 41, "type": "[\\"Audio\\", \\"Counting\\"]",
+     "question_content": "Is the <Object> in the video always playing?",
+     "templ_values": "[\\"suona\\"]", "question_deleted": 0, "anser": "yes"}
+
+``type`` and ``templ_values`` are JSON *strings*; each ``<Placeholder>`` of ``question_content``
+is filled, in order, from ``templ_values`` (a count mismatch is refused: ``template_mismatch``).
+The answer key is spelled ``anser``. Records flagged ``question_deleted`` were withdrawn by the
+dataset's authors and are quarantined (``question_deleted``), not silently skipped. The video is
+``{video_id}.mp4`` under the dataset root; clip ids are ``music_avqa:{question_id}``.
+
+Open answers become options, because an audio LM is scored here on a choice: the options are the
+gold answer plus up to ``n_options - 1`` distractors drawn from the distinct answers of the *same
+question type* (e.g. ``Audio-Visual/Counting``) among the split's non-deleted records, so the
+distractors are always plausible in kind (numbers for counting, yes/no for existence, instruments
+for "which"). The draw and the order are seeded by the question id alone: the same file gives the
+same options in any process, shard or run. A type with fewer distinct answers gives fewer options
+(yes/no questions get two); a question with no distractor at all is refused (``too_few_options``).
+Family: Audio -> acoustic, Visual -> visual, Audio-Visual -> unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from sightsound_core.config import IngestConfig
+from sightsound_core.datasets.common import Adapter, Refused, field, json_field
+from sightsound_core.schemas import Clip
+
+PLACEHOLDER = re.compile(r"<[^<>\s]+>")
+FAMILIES = {"Audio": "acoustic", "Visual": "visual"}
+
+
+def native_id(record: dict[str, Any]) -> str:
+    return str(field(record, "question_id", int))
+
+
+def media_path(record: dict[str, Any]) -> str:
+    return f"{field(record, 'video_id', str)}.mp4"
+
+
+def question_type(record: dict[str, Any]) -> list[str]:
+    kind = json_field(record, "type")
+    if not (isinstance(kind, list) and len(kind) == 2 and all(isinstance(k, str) for k in kind)):
+        raise Refused("bad_field_type", f"field 'type' must encode two strings, got {kind!r}")
+    return kind
+
+
+def fill_template(content: str, values: list[str]) -> str:
+    """Fill each ``<Placeholder>`` in order.
+
+    >>> fill_template("Is the <Object> on the <LR> louder?", ["piano", "left"])
+    'Is the piano on the left louder?'
+    """
+    slots = PLACEHOLDER.findall(content)
+    if len(slots) != len(values):
+        raise Refused(
+            "template_mismatch", f"{len(slots)} placeholder(s) {slots} but {len(values)} value(s) {values}"
+        )
+    filled = iter(values)
+    return PLACEHOLDER.sub(lambda _: next(filled), content)
+
+
+def answer_pools(records: list[Any]) -> dict[str, list[str]]:
+    """Distinct answers of each question type ("Audio/Counting") among usable records, sorted."""
+    pools: dict[str, set[str]] = {}
+    for record in records:
+        try:
+            if not isinstance(record, dict) or record.get("question_deleted"):
+                continue
+            answer = field(record, "anser", str)
+            pools.setdefault("/".join(question_type(record)), set()).add(answer)
+        except Refused:
+            continue
+    return {kind: sorted(answers) for kind, answers in sorted(pools.items())}
+
+
+def build_options(answer: str, pool: list[str], question_id: int | str, n_options: int) -> list[str]:
+    """The gold answer plus up to ``n_options - 1`` distractors from ``pool``, seeded by the id.
+
+    >>> build_options("two", ["one", "two", "three", "four", "five"], 41, 4)
+    ['one', 'three', 'two', 'five']
+    >>> build_options("yes", ["no", "yes"], 7, 4)
+    ['no', 'yes']
+    """
+    rng = random.Random(f"music_avqa:{question_id}")
+    others = sorted(a for a in set(pool) if a != answer)
+    options = [answer, *rng.sample(others, min(n_options - 1, len(others)))]
+    rng.shuffle(options)
+    return options
+
+
+def to_clip(
+    record: dict[str, Any], pools: dict[str, list[str]], cfg: IngestConfig, media_uri: str
+) -> Clip:
+    qid = field(record, "question_id", int)
+    deleted = record.get("question_deleted", 0)
+    if deleted not in (0, 1, False, True):
+        raise Refused("bad_field_type", f"field 'question_deleted' is {deleted!r}, expected 0 or 1")
+    if deleted:
+        raise Refused("question_deleted", f"question {qid} is marked deleted by the dataset")
+    kind = question_type(record)
+    values = json_field(record, "templ_values")
+    if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+        raise Refused("bad_field_type", f"field 'templ_values' must encode a list of strings, got {values!r}")
+    question = fill_template(field(record, "question_content", str), values)
+    answer = field(record, "anser", str)
+    category = "/".join(kind)
+    options = build_options(answer, pools.get(category, []), qid, cfg.n_options)
+    meta = {
+        "video_id": record["video_id"],
+        "question_id": qid,
+        "type": kind,
+        "question_content": record["question_content"],
+        "templ_values": values,
+        "answer": answer,
+    }
+    return Clip(
+        clip_id=f"music_avqa:{qid}",
+        source="music_avqa",
+        split=cfg.split,
+        video_uri=media_uri,
+        audio_uri=media_uri,
+        duration_s=0.0,
+        question=question,
+        options=options,
+        label=answer,
+        family=FAMILIES.get(kind[0], "unknown"),
+        category=category,
+        meta=json.dumps(meta, sort_keys=True),
+    )
+
+
+def _pools_for(pools: dict[str, list[str]], records: list[Any]) -> dict[str, list[str]]:
+    kinds = set()
+    for record in records:
+        try:
+            kinds.add("/".join(question_type(record)))
+        except (Refused, TypeError, AttributeError):
+            continue
+    return {k: pools[k] for k in sorted(kinds) if k in pools}
+
+
+ADAPTER = Adapter(
+    name="music_avqa",
+    default_annotations=lambda split: f"avqa-{split}.json",
+    native_id=native_id,
+    media_path=media_path,
+    to_clip=to_clip,
+    context=answer_pools,
+    context_for=_pools_for,
+)
