@@ -61,3 +61,22 @@ def file_store(tmp_path):
 def store(request):
     """Both backends: every storage test runs on a local disk and on the S3 API."""
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def openai_server():
+    """A started ``FakeOpenAIServer`` on 127.0.0.1 (no latency, no faults until ``configure``);
+    stopped after the test. Its ``url`` is a ``base_url`` for ``ClientSettings``."""
+    from fakes.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(seed=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) shared by every test of the session that needs one."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -1,0 +1,573 @@
+"""Async client for OpenAI-compatible chat completions, shared by the teacher and the verifier.
+
+One ``ChatClient`` serves GPT-4o(-audio), ``vllm serve`` and any server speaking
+``POST {base_url}/chat/completions``. It owns the discipline every caller needs when it sends
+thousands of requests:
+
+- bounded concurrency (an asyncio semaphore held only while a request is on the wire);
+- client-side rate limits in requests and tokens per minute (token buckets; token use is
+  estimated before a call and corrected from the reply's ``usage``);
+- retries on 408/409/429/5xx, timeouts, connection failures and malformed bodies, with full-jitter
+  exponential backoff that never waits less than the server's ``retry-after-ms`` / ``Retry-After``;
+- a result per call that never raises for API trouble: the choices, or an error class
+  (``http_429``, ``http_500``, ``timeout``, ``connect``, ``malformed``, ``http_401``…) with a
+  redacted detail, plus the attempts made and the wall time spent.
+
+The API key is resolved when the client opens (``secrets.resolve_api_key``), is sent only in the
+``Authorization`` header, and is registered for log redaction; it is not an attribute of any
+settings object. After a 401 or 403 the client stops sending: every later call fails at once with
+the same error class, so a bad key costs at most ``concurrency`` requests, not thousands.
+
+Typical use, from synchronous code (a stage, a Prefect task)::
+
+    settings = ClientSettings(base_url="http://127.0.0.1:8000/v1", model="Qwen2-Audio-7B-Instruct",
+                              api_key_env=None, concurrency=32)
+    requests = [ChatRequest(messages=[user_message(audio_part(wav), "What is this?")],
+                            max_tokens=64, request_id=f"item-{i}") for i, wav in enumerate(clips)]
+    results = run_chat(settings, requests)            # one ChatResult per request, in order
+
+or from async code::
+
+    async with ChatClient(settings) as client:
+        result = await client.chat(requests[0])
+        results = await client.chat_many(requests, on_result=lambda i, r: ...)
+
+The transport is ``aiohttp`` (a dependency of s3fs), imported when a client opens. It was chosen
+over httpx after measuring on 2 cores: 64 concurrent small requests to a local server went at about
+1,150/s with aiohttp and 77/s with httpx 0.28.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import dataclasses
+import email.utils
+import io
+import json
+import logging
+import random
+import struct
+import time
+import uuid
+from typing import Any, Awaitable, Callable, TypeVar
+
+import numpy as np
+
+from sightsound_core import secrets
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OPENAI_URL = "https://api.openai.com/v1"
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+FATAL_STATUS = frozenset({401, 403})
+_FATAL_KINDS = frozenset(f"http_{s}" for s in FATAL_STATUS)
+# Rough token costs for the rate limiter's estimate; the reply's usage corrects it afterwards.
+CHARS_PER_TOKEN = 4
+AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio and Whisper-style encoders: one token per 40 ms
+IMAGE_TOKENS = 256
+_DETAIL_CHARS = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSettings:
+    """How to reach a server and how hard to push it.
+
+    Attributes:
+        base_url: URL up to and including ``/v1`` (None: OpenAI's).
+        model: model name sent in each request.
+        api_key_env: environment variable holding the key; None for servers that take no key.
+        api_key_secret: secret-block name tried when the variable is unset (see ``secrets``).
+        concurrency: requests on the wire at once.
+        requests_per_minute, tokens_per_minute: client-side limits (None: unlimited).
+        max_retries: retries after the first attempt, for retryable failures only.
+        timeout_s: per-attempt timeout (connect, read and write).
+        backoff_base_s, backoff_max_s: full-jitter exponential backoff,
+            ``uniform(0, min(max, base * 2**retry))``.
+        max_retry_after_s: longest server-requested wait honoured; longer ones are capped.
+        seed: seeds the jitter, for reproducible tests (None: fresh randomness).
+    """
+
+    base_url: str | None
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_secret: str | None = None
+    concurrency: int = 16
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_retries: int = 6
+    timeout_s: float = 60.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 120.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.max_retries < 0 or self.timeout_s <= 0:
+            raise ValueError("max_retries must be >= 0 and timeout_s > 0")
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """One chat completion to make.
+
+    Attributes:
+        messages: OpenAI chat messages (build parts with ``audio_part`` / ``image_part``).
+        max_tokens: completion budget per choice.
+        temperature, top_p, seed: sampling (top_p / seed omitted when None).
+        n: choices to return (the teacher's K samples in one request).
+        request_id: sent as ``X-Client-Request-Id`` (OpenAI's tracing header); the test server
+            counts requests per id.
+        extra: further body fields (``response_format``, ``modalities``…), merged last.
+    """
+
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    n: int = 1
+    seed: int | None = None
+    request_id: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatChoice:
+    text: str
+    finish_reason: str  # stop | length | content_filter | …, as the server says
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+    """The outcome of one ``ChatRequest`` after all its attempts.
+
+    Attributes:
+        choices: ``n`` choices in index order; empty on error.
+        prompt_tokens, completion_tokens: from the reply's usage (0 when absent or on error).
+        attempts: requests sent for this call, retries included (0 when none was sent).
+        latency_s: wall time from the first attempt on the wire to the result, retry waits
+            included, queueing for a slot before it excluded.
+        error: None on success, else the error class of the last attempt.
+        detail: short redacted description of the error ('' on success).
+    """
+
+    choices: list[ChatChoice]
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+    latency_s: float
+    error: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# -------------------------------------------------------------------------------------------
+# Message parts
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int = 16000) -> bytes:
+    """16-bit PCM WAV of a mono float waveform in [-1, 1] (clipped).
+
+    Written by hand: a 44-byte header and the samples, about ten times faster than a codec
+    library, which matters when the event loop encodes hundreds of clips a second.
+    """
+    pcm = (np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    data = pcm.tobytes()
+    header = b"".join([
+        b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE",
+        b"fmt ", struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16),
+        b"data", struct.pack("<I", len(data)),
+    ])
+    return header + data
+
+
+def audio_part(audio: np.ndarray, sample_rate: int = 16000) -> dict[str, Any]:
+    """A GPT-4o-audio style ``input_audio`` content part holding base64 WAV (also what vLLM's
+    OpenAI server accepts for Qwen2-Audio and Qwen2.5-Omni)."""
+    data = base64.b64encode(wav_bytes(audio, sample_rate)).decode("ascii")
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+
+
+def image_part(frame: np.ndarray, quality: int = 90) -> dict[str, Any]:
+    """An ``image_url`` content part holding one (H, W, 3) uint8 RGB frame as a JPEG data URL."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}}
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def user_message(*parts: dict[str, Any] | str) -> dict[str, Any]:
+    """A user message from parts; plain strings become text parts."""
+    return {"role": "user", "content": [text_part(p) if isinstance(p, str) else p for p in parts]}
+
+
+def system_message(text: str) -> dict[str, Any]:
+    return {"role": "system", "content": text}
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """Tokens a request may use, for the rate limiter: prompt estimate plus the full budget."""
+    prompt = 0
+    for message in request.messages:
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else content or []
+        for part in parts:
+            if isinstance(part, str):
+                prompt += len(part) // CHARS_PER_TOKEN
+            elif part.get("type") == "text":
+                prompt += len(part.get("text", "")) // CHARS_PER_TOKEN
+            elif part.get("type") == "input_audio":
+                # base64 of 16-bit 16 kHz PCM: 4/3 chars per byte, 32,000 bytes per second.
+                seconds = len(part["input_audio"].get("data", "")) * 3 / 4 / 32000
+                prompt += int(seconds * AUDIO_TOKENS_PER_S)
+            else:
+                prompt += IMAGE_TOKENS
+    return prompt + request.max_tokens * request.n
+
+
+# -------------------------------------------------------------------------------------------
+# Rate limiting
+
+
+class TokenBucket:
+    """An async token bucket: ``per_minute`` units a minute, bursts up to ``burst_s`` worth.
+
+    A request larger than the bucket may go once the bucket is full, leaving it in debt, so a
+    single large request is delayed rather than refused. Waiters are served in arrival order.
+    """
+
+    def __init__(self, per_minute: float, burst_s: float = 1.0):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        async with self._lock:
+            need = min(amount, self.capacity)
+            self._refill()
+            while self.level < need:
+                await asyncio.sleep((need - self.level) / self.rate)
+                self._refill()
+            self.level -= amount
+
+    def refund(self, amount: float) -> None:
+        """Give back an over-estimate (or charge an under-estimate, when negative)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+# -------------------------------------------------------------------------------------------
+# The client
+
+
+class _Failure(Exception):
+    """One failed attempt (internal): its error class, whether to retry, the wait it asks for."""
+
+    def __init__(self, kind: str, detail: str, retry: bool, retry_after: float | None = None):
+        super().__init__(kind)
+        self.kind, self.detail, self.retry, self.retry_after = kind, detail, retry, retry_after
+
+
+@dataclasses.dataclass
+class _Call:
+    """Bookkeeping of one ``chat`` call: requests sent, and when the first one went out."""
+
+    attempts: int = 0
+    started: float | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started is not None else 0.0
+
+
+class ChatClient:
+    """Async OpenAI-compatible chat client; use as ``async with ChatClient(settings) as c``.
+
+    Args:
+        settings: where and how hard (``ClientSettings``).
+        api_key: an explicit key (tests); by default resolved from the settings at open.
+    """
+
+    def __init__(self, settings: ClientSettings, api_key: str | None = None):
+        self.settings = settings
+        self._explicit_key = api_key
+        self._http: Any = None
+        self._url = (settings.base_url or OPENAI_URL).rstrip("/") + "/chat/completions"
+        self._slots: asyncio.Semaphore | None = None
+        self._rpm = TokenBucket(settings.requests_per_minute) if settings.requests_per_minute else None
+        self._tpm = TokenBucket(settings.tokens_per_minute) if settings.tokens_per_minute else None
+        self._rng = random.Random(settings.seed)
+        self._fatal: _Failure | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"ChatClient(base_url={self.settings.base_url!r}, model={self.settings.model!r})"
+
+    async def __aenter__(self) -> "ChatClient":
+        import aiohttp
+
+        key = self._explicit_key
+        if key is None:
+            key = secrets.resolve_api_key(self.settings.api_key_env, self.settings.api_key_secret)
+        else:
+            secrets.register_secret(key)
+            secrets.install_log_redaction()
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        n = self.settings.concurrency
+        timeout = self.settings.timeout_s
+        self._http = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
+            connector=aiohttp.TCPConnector(limit=n),
+        )
+        self._slots = asyncio.Semaphore(n)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._http.close()
+        self._http = None
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """Make one request with retries. Never raises for API or network trouble."""
+        if self._http is None:
+            raise RuntimeError("ChatClient is not open: use `async with ChatClient(...)`")
+        data = dumps_body(self._body(request))
+        headers = {"X-Client-Request-Id": request.request_id} if request.request_id else None
+        estimate = estimate_tokens(request) if self._tpm else 0
+        call = _Call()
+        while True:
+            if self._rpm:
+                await self._rpm.acquire(1)
+            if self._tpm:
+                await self._tpm.acquire(estimate)
+            try:
+                choices, usage = await self._attempt(data, headers, call)
+            except _Failure as exc:
+                failure = exc
+                if exc.kind in _FATAL_KINDS:
+                    self._fatal = exc
+                if not exc.retry or call.attempts > self.settings.max_retries:
+                    break
+                delay = self._backoff(call.attempts, exc.retry_after)
+                log.debug("%s attempt %d: %s, retrying in %.2f s", request.request_id or "request",
+                          call.attempts, exc.kind, delay)
+                await asyncio.sleep(delay)
+                continue
+            if self._tpm:
+                self._tpm.refund(estimate - usage[0] - usage[1])
+            return ChatResult(choices, usage[0], usage[1], call.attempts, call.elapsed())
+        return ChatResult([], 0, 0, call.attempts, call.elapsed(), failure.kind, failure.detail)
+
+    async def chat_many(
+        self,
+        requests: list[ChatRequest],
+        on_result: Callable[[int, ChatResult], None] | None = None,
+    ) -> list[ChatResult]:
+        """Every request, ``concurrency`` at a time; results in request order. ``on_result(i, r)``
+        is called in the event loop as each finishes (in completion order)."""
+
+        async def one(i: int, request: ChatRequest) -> ChatResult:
+            result = await self.chat(request)
+            if on_result is not None:
+                on_result(i, result)
+            return result
+
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "n": request.n,
+        }
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.seed is not None:
+            body["seed"] = request.seed
+        body.update(request.extra)
+        return body
+
+    async def _attempt(
+        self, data: str, headers: dict[str, str] | None, call: "_Call"
+    ) -> tuple[list[ChatChoice], tuple[int, int]]:
+        import aiohttp
+
+        assert self._slots is not None
+        async with self._slots:
+            if self._fatal is not None:  # checked once a slot is held: calls queued behind it
+                raise self._fatal
+            if call.started is None:
+                call.started = time.monotonic()
+            call.attempts += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                async with self._http.post(self._url, data=data, headers=headers) as response:
+                    status, reply_headers = response.status, response.headers
+                    content = await response.read()
+            except asyncio.TimeoutError as exc:
+                raise _Failure("timeout", type(exc).__name__, retry=True) from None
+            except aiohttp.ClientError as exc:
+                raise _Failure("connect", secrets.redact(f"{type(exc).__name__}: {exc}"), retry=True) from None
+            finally:
+                self.in_flight -= 1
+        if status != 200:
+            text = content[:_DETAIL_CHARS].decode("utf-8", "replace")
+            detail = secrets.redact(f"HTTP {status}: {text}")
+            retry = status in RETRYABLE_STATUS
+            raise _Failure(f"http_{status}", detail, retry, retry_after(reply_headers) if retry else None)
+        return parse_completion(content)
+
+    def _backoff(self, attempt: int, server_wait: float | None) -> float:
+        s = self.settings
+        delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1)))
+        if server_wait is not None:
+            wait = min(server_wait, s.max_retry_after_s)
+            # At least what the server asked for, plus a little spread so a burst of 429s does
+            # not come back as one burst.
+            delay = max(delay, wait + self._rng.uniform(0, 0.1 * wait))
+        return delay
+
+
+def dumps_body(body: dict[str, Any]) -> str:
+    """``json.dumps(body)``, without scanning base64 media for characters to escape.
+
+    Base64 and ``data:`` URLs hold no character JSON escapes, so each is swapped for a short
+    placeholder, the rest is encoded, and the payloads are put back: on 2-second clips this
+    halves the client's CPU time per request.
+
+    >>> dumps_body({"messages": [{"content": [{"type": "input_audio", "input_audio": {"data": "QUJD"}}]}]})
+    '{"messages": [{"content": [{"type": "input_audio", "input_audio": {"data": "QUJD"}}]}]}'
+    """
+    payloads: list[str] = []
+    tag = uuid.uuid4().hex  # a placeholder no text in the body can spell by chance
+
+    def hold(value: str) -> str:
+        payloads.append(value)
+        return f"\x00{tag}{len(payloads) - 1}\x00"
+
+    messages = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "input_audio":
+                    audio = part["input_audio"]
+                    part = {**part, "input_audio": {**audio, "data": hold(audio["data"])}}
+                elif part.get("type") == "image_url" and part["image_url"].get("url", "").startswith("data:"):
+                    image = part["image_url"]
+                    part = {**part, "image_url": {**image, "url": hold(image["url"])}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        messages.append(message)
+    text = json.dumps({**body, "messages": messages}) if "messages" in body else json.dumps(body)
+    for i, payload in enumerate(payloads):
+        text = text.replace(f"\\u0000{tag}{i}\\u0000", payload, 1)
+    return text
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms``, else ``Retry-After`` (seconds or an
+    HTTP date); None when absent or unreadable.
+
+    >>> retry_after({"retry-after-ms": "250"}), retry_after({"retry-after": "2"}), retry_after({})
+    (0.25, 2.0, None)
+    """
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def parse_completion(content: bytes) -> tuple[list[ChatChoice], tuple[int, int]]:
+    """Choices and (prompt, completion) token usage from a chat-completion body.
+
+    Raises the internal retryable failure ``malformed`` for anything that is not a completion.
+    """
+    try:
+        obj = json.loads(content)
+        raw_choices = sorted(obj["choices"], key=lambda c: c.get("index", 0))
+        choices = []
+        for c in raw_choices:
+            text = c["message"].get("content")
+            if isinstance(text, list):  # content parts, as some servers return
+                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+            choices.append(ChatChoice(text or "", str(c.get("finish_reason") or "stop")))
+        usage = obj.get("usage") or {}
+        tokens = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _Failure("malformed", f"unreadable completion body ({type(exc).__name__})", retry=True) from None
+    if not choices:
+        raise _Failure("malformed", "completion body has no choices", retry=True)
+    return choices, tokens
+
+
+def run_sync(main: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine ``main()`` to completion from synchronous code.
+
+    Works from plain code, from worker threads (Prefect tasks) and from inside a running event
+    loop (a notebook), where it runs a fresh loop in a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sightsound-chat") as pool:
+        return pool.submit(lambda: asyncio.run(main())).result()
+
+
+def run_chat(
+    settings: ClientSettings,
+    requests: list[ChatRequest],
+    on_result: Callable[[int, ChatResult], None] | None = None,
+    api_key: str | None = None,
+) -> list[ChatResult]:
+    """Synchronous ``chat_many`` with a client opened for the call (see ``run_sync``)."""
+
+    async def main() -> list[ChatResult]:
+        async with ChatClient(settings, api_key=api_key) as client:
+            return await client.chat_many(requests, on_result)
+
+    return run_sync(main)
