@@ -1,8 +1,13 @@
 """Teacher sampling and the test-time-scaling vote.
 
 Teacher: the vision-language teacher sees only the silent frames of each clip and writes K
-audio-focused reasoning samples per question. Vote: each clip is kept when its K parsed answers
-agree under the configured policy (and match the label, where there is one and it is required).
+audio-focused reasoning samples per question (``make_teacher`` picks the backend: sim, hf, vllm,
+openai). Every clip yields exactly K TeacherSample rows, failed requests included (finish reason
+``error``, with a quarantine row saying why).
+
+Vote: each clip is kept when its K parsed answers agree under the configured policy (and match
+the label, where there is one and it is required); an unlabeled clip's kept answer becomes its
+pseudo-label. The vote manifest's summary reports the kept fraction per question family.
 """
 
 from __future__ import annotations
@@ -27,10 +32,42 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=4)
 def make_teacher(cfg: TeacherConfig) -> TeacherBackend:
     """The configured backend, loaded once per process and config."""
+    backend: TeacherBackend
     if cfg.backend == "sim":
         from sightsound_core.backends.sim import SimTeacher
 
-        backend: TeacherBackend = SimTeacher(temperature=cfg.temperature, seed=cfg.seed)
+        backend = SimTeacher(temperature=cfg.temperature, seed=cfg.seed)
+    elif cfg.backend == "hf":
+        from sightsound_core.backends.hf_teacher import HFTeacher
+
+        backend = HFTeacher(
+            cfg.model,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            max_pixels=cfg.frames.max_pixels,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            compile=cfg.compile,
+        )
+    elif cfg.backend == "vllm":
+        from sightsound_core.backends.vllm_teacher import VLLMTeacher
+
+        backend = VLLMTeacher(
+            cfg.model,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            max_pixels=cfg.frames.max_pixels,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            dtype=cfg.dtype,
+            seed=cfg.seed,
+        )
+    elif cfg.backend == "openai":
+        from sightsound_core.backends.openai_teacher import OpenAITeacher
+
+        backend = OpenAITeacher.from_config(cfg)
     else:
         raise ValueError(f"unknown teacher backend {cfg.backend!r}")
     backend.load()
@@ -48,32 +85,18 @@ def teacher_shard(
     clips = Clip.from_table(store.read_table(job.inputs["clips"]))
     backend = make_teacher(cfg)
 
-    # Decode silent frames; a clip whose video cannot be read is quarantined, the rest go on.
-    requests: list[TeacherRequest] = []
-    quarantine: list[Quarantine] = []
-    for clip in clips:
-        if clip.video_uri is None:
-            quarantine.append(Quarantine(job.stage, clip.clip_id, "no_video", "clip has no video"))
-            continue
-        try:
-            frames, times = load_frames(
-                clip.video_uri,
-                fps=cfg.frames.fps,
-                max_frames=cfg.frames.max_frames,
-                max_pixels=cfg.frames.max_pixels,
-                storage_options=store.storage_options,
-            )
-        except MediaError as exc:
-            quarantine.append(Quarantine(job.stage, clip.clip_id, exc.reason, exc.detail))
-            continue
-        requests.append(TeacherRequest(clip=clip, frames=frames, frame_times=times))
+    requests, quarantine = load_requests(clips, cfg, store, job.stage)
 
     # Sample K per clip in batches; every clip yields exactly K rows, errors included.
     rows: list[TeacherSample] = []
     for start in range(0, len(requests), cfg.batch_size):
         batch = requests[start : start + cfg.batch_size]
         results = backend.sample(batch, cfg.k, cfg.seed)
+        if [r.clip_id for r in results] != [r.clip.clip_id for r in batch]:
+            raise RuntimeError(f"{backend.name} teacher returned results out of request order")
         for req, res in zip(batch, results):
+            if res.error is not None:
+                quarantine.append(Quarantine(job.stage, req.clip.clip_id, "teacher_error", res.error))
             for i in range(cfg.k):
                 gen = res.samples[i] if i < len(res.samples) else None
                 text = gen.text if gen else ""
@@ -97,6 +120,31 @@ def teacher_shard(
     return TeacherSample.to_table(rows), Quarantine.to_table(quarantine)
 
 
+def load_requests(
+    clips: list[Clip], cfg: TeacherConfig, store: ObjectStore, stage: str
+) -> tuple[list[TeacherRequest], list[Quarantine]]:
+    """Decode each clip's silent frames; a clip whose video cannot be read is quarantined."""
+    requests: list[TeacherRequest] = []
+    quarantine: list[Quarantine] = []
+    for clip in clips:
+        if clip.video_uri is None:
+            quarantine.append(Quarantine(stage, clip.clip_id, "no_video", "clip has no video"))
+            continue
+        try:
+            frames, times = load_frames(
+                clip.video_uri,
+                fps=cfg.frames.fps,
+                max_frames=cfg.frames.max_frames,
+                max_pixels=cfg.frames.max_pixels,
+                storage_options=store.storage_options,
+            )
+        except MediaError as exc:
+            quarantine.append(Quarantine(stage, clip.clip_id, exc.reason, exc.detail))
+            continue
+        requests.append(TeacherRequest(clip=clip, frames=frames, frame_times=times))
+    return requests, quarantine
+
+
 def run_teacher(cfg: TeacherConfig, store: ObjectStore, run: str, clips: StageRef) -> StageRef:
     plan = plan_teacher(cfg, store, run, clips)
     return run_plan(store, plan, lambda job: teacher_shard(cfg, store, job))
@@ -108,12 +156,19 @@ def decide(
 ) -> tuple[str | None, float, bool, str]:
     """Apply the vote policy to K parsed answers: (winner, agreement, kept, reason).
 
+    ``unanimous`` keeps a clip whose K samples all parsed to one option; ``majority`` keeps one
+    whose most frequent option has agreement >= ``min_agreement`` and is not tied with another.
+    A sample that did not parse counts against agreement. Reasons: ``kept``, ``no_parse``,
+    ``disagree``, ``tie``, ``label_mismatch``.
+
     >>> decide(["a", "a", "a"], "a", VoteConfig())
     ('a', 1.0, True, 'kept')
     >>> decide(["a", "b", "a"], "a", VoteConfig())
     ('a', 0.667, False, 'disagree')
     >>> decide(["a", "b", "a"], "a", VoteConfig(policy="majority", min_agreement=0.6))
     ('a', 0.667, True, 'kept')
+    >>> decide(["a", "b", "b", "a"], None, VoteConfig(policy="majority", min_agreement=0.5))
+    ('a', 0.5, False, 'tie')
     >>> decide(["b", "b"], "a", VoteConfig())
     ('b', 1.0, False, 'label_mismatch')
     """
@@ -125,14 +180,38 @@ def decide(
     winner = max(counts, key=lambda a: (counts[a], -parsed.index(a)))
     agreement = round(counts[winner] / len(answers), 3)
     if cfg.policy == "unanimous":
-        agreed = counts[winner] == len(answers)
+        if counts[winner] != len(answers):
+            return winner, agreement, False, "disagree"
     else:
-        agreed = agreement >= cfg.min_agreement
-    if not agreed:
-        return winner, agreement, False, "disagree"
+        if agreement < cfg.min_agreement:
+            return winner, agreement, False, "disagree"
+        if sum(c == counts[winner] for c in counts.values()) > 1:
+            return winner, agreement, False, "tie"
     if cfg.require_label_match and label is not None and winner != label:
         return winner, agreement, False, "label_mismatch"
     return winner, agreement, True, "kept"
+
+
+def vote_summary(votes: list[Vote]) -> dict[str, dict[str, float]]:
+    """Per question family (and ``all``): clips, kept, kept fraction, pseudo-labels, reasons.
+
+    >>> v = Vote("c", ["a"], "a", 1.0, True, False, "a", "kept", "visual")
+    >>> vote_summary([v])["visual"]["kept_fraction"]
+    1.0
+    """
+    out: dict[str, dict[str, float]] = {}
+    for family in sorted({v.family for v in votes}) + ["all"]:
+        group = [v for v in votes if family in ("all", v.family)]
+        reasons = Counter(v.reason for v in group)
+        kept = sum(v.kept for v in group)
+        out[family] = {
+            "clips": len(group),
+            "kept": kept,
+            "kept_fraction": round(kept / len(group), 4) if group else 0.0,
+            "pseudo_labels": sum(v.pseudo_label for v in group),
+            **{f"reason_{r}": n for r, n in sorted(reasons.items())},
+        }
+    return out
 
 
 def plan_vote(
@@ -154,6 +233,8 @@ def vote_shard(cfg: VoteConfig, store: ObjectStore, job: ShardJob) -> tuple[pa.T
             continue  # quarantined by the teacher stage, which recorded why
         answers = [s.answer if s.parse_status == OK else None for s in clip_samples]
         winner, agreement, kept, reason = decide(answers, clip.label, cfg)
+        if all(s.finish_reason == "error" for s in clip_samples):
+            reason = "teacher_error"  # the backend failed; no sample to judge
         pseudo = clip.label is None and kept
         votes.append(
             Vote(
@@ -175,4 +256,12 @@ def run_vote(
     cfg: VoteConfig, store: ObjectStore, run: str, clips: StageRef, samples: StageRef
 ) -> StageRef:
     plan = plan_vote(cfg, store, run, clips, samples)
-    return run_plan(store, plan, lambda job: vote_shard(cfg, store, job))
+    return run_plan(
+        store, plan, lambda job: vote_shard(cfg, store, job), summary=lambda: vote_stage_summary(store, plan)
+    )
+
+
+def vote_stage_summary(store: ObjectStore, plan: StagePlan) -> dict[str, dict[str, float]]:
+    """``vote_summary`` over every committed shard of a vote plan (the manifest's summary)."""
+    votes = [v for job in plan.jobs for v in Vote.from_table(store.read_table(job.output_uri))]
+    return vote_summary(votes)

@@ -12,6 +12,7 @@ import hashlib
 TEACHER_VERSION = "teacher-v1"
 VERIFIER_VERSION = "verifier-v1"
 STUDENT_VERSION = "student-v1"
+QUESTIONS_VERSION = "questions-v1"
 
 TEACHER_SYSTEM = (
     "You are watching a video with its sound removed. You cannot hear anything. Reason step by "
@@ -35,6 +36,19 @@ FORMAT_INSTRUCTION = (
 )
 
 
+QUESTIONS_SYSTEM = (
+    "You are watching a video with its sound removed. Write multiple-choice questions about the "
+    "sounds in this clip that a listener could answer: which visible object makes a sound, how "
+    "many distinct sounds there are, which sound starts first, and how they sound (pitch, "
+    "tempo, loudness, timbre). Each question has 2 to 5 distinct short options and exactly one "
+    "of them is your best answer from what you see. Reply with one JSON object and nothing else: "
+    '{"questions": [{"question": "...", "options": ["...", "..."], "answer": "...", '
+    '"family": "visual" | "acoustic", "category": "..."}]}. '
+    'Use family "visual" when the answer can be seen (which object, how many, which first) and '
+    '"acoustic" when it can only be heard.'
+)
+
+
 def format_options(options: list[str]) -> str:
     """Options as lettered lines.
 
@@ -50,6 +64,10 @@ def question_block(question: str, options: list[str]) -> str:
 
 def teacher_user_text(question: str, options: list[str]) -> str:
     return f"{question_block(question, options)}\n{FORMAT_INSTRUCTION}"
+
+
+def questions_user_text(n: int) -> str:
+    return f"Write {n} questions about the sounds of this clip. Reply with the JSON object only."
 
 
 def student_user_text(question: str, options: list[str]) -> str:
@@ -72,5 +90,6 @@ def template_digest() -> dict[str, str]:
         TEACHER_VERSION: TEACHER_SYSTEM + teacher_user_text("{q}", ["{o}"]),
         VERIFIER_VERSION: VERIFIER_SYSTEM + verifier_user_text("{q}", ["{o}"], "{t}"),
         STUDENT_VERSION: student_user_text("{q}", ["{o}"]),
+        QUESTIONS_VERSION: QUESTIONS_SYSTEM + questions_user_text(0),
     }
     return {v: hashlib.sha256(t.encode()).hexdigest()[:16] for v, t in texts.items()}
