@@ -1,22 +1,32 @@
 """Evaluation: every model the run produced, on every configured benchmark, batched.
 
-One job per (model, benchmark): generate with the student's prompt, score with the benchmark's
-rule, commit Prediction rows. The manifest summary holds accuracy with 95% intervals overall,
-per question family and per category.
+One job per (model, benchmark): generate with the student's prompt (``inference``), score with the
+benchmark's own rule (``scoring.score``), commit Prediction rows; items without a label are
+quarantined. An MMAU job also writes the official prediction file next to its shard, before the
+shard (so a committed shard always has its file): ``mmau-{model}-{benchmark}.json``.
+
+The manifest summary holds, per model and benchmark, accuracy with 95% intervals overall, per
+question family and per category (MMAU: task; AVQA and MUSIC-AVQA: question type; synthetic:
+question kind), MMAU's official breakdown recomputed from the prediction file, and per benchmark
+its scorer, annotation release and source, and where the prediction files are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 import pyarrow as pa
 
-from sightsound_core.config import PipelineConfig
-from sightsound_core.evaluation.scoring import accuracy, score_option
-from sightsound_core.schemas import Clip, Prediction
+from sightsound_core.config import BenchmarkConfig, PipelineConfig
+from sightsound_core.evaluation.inference import generate_answers, load_generator
+from sightsound_core.evaluation.mmau import official_breakdown, prediction_json, prediction_record
+from sightsound_core.evaluation.scoring import accuracy, score
+from sightsound_core.schemas import Clip, Prediction, Quarantine
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, read_all, run_plan
-from sightsound_core.storage import ObjectStore
+from sightsound_core.storage import ObjectStore, join
 from sightsound_core.training.stages import audio_loader
 
 log = logging.getLogger(__name__)
@@ -30,8 +40,18 @@ def plan_evaluate(
     models: dict[str, tuple[str, str]],
     benchmarks: dict[str, StageRef],
 ) -> StagePlan:
+    """One job per (model the run produced, benchmark), in ``evaluate.models`` order."""
+    skipped = [tag for tag in cfg.evaluate.models if tag not in models]
+    if skipped:
+        log.info("evaluate: the run produced no %s model; not evaluated", ", ".join(skipped))
     sources = [
-        {"model": tag, "model_fp": models[tag][1], "benchmark": name, "bench_fp": ref.fingerprint}
+        {
+            "model": tag,
+            "model_fp": models[tag][1],
+            "benchmark": name,
+            "bench_fp": ref.fingerprint,
+            "annotations": _annotations(ref),
+        }
         for tag in cfg.evaluate.models
         if tag in models
         for name, ref in benchmarks.items()
@@ -43,40 +63,67 @@ def plan_evaluate(
     return plan_sources(store, cfg.run, STAGE, cfg.evaluate, sources, upstream)
 
 
+def _annotations(ref: StageRef) -> list[str]:
+    """The annotation files a benchmark's items came from (none for the synthetic world)."""
+    return sorted({s["source"]["annotations"] for s in ref.manifest["shards"]
+                   if isinstance(s.get("source"), dict) and s["source"].get("annotations")})
+
+
+def benchmark_config(cfg: PipelineConfig, name: str) -> BenchmarkConfig:
+    return next(b for b in cfg.evaluate.benchmarks if b.name == name)
+
+
+def mmau_file_uri(job: ShardJob) -> str:
+    """Where an MMAU job's official prediction file goes: next to its shard."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{job.source['model']}-{job.source['benchmark']}")
+    return join(job.output_uri.rsplit("/", 1)[0], f"mmau-{slug}.json")
+
+
+def score_all(tag: str, bench: BenchmarkConfig, clips: list[Clip], texts: list[str]) -> list[Prediction]:
+    """Prediction rows for generated ``texts`` (one per clip), scored by the benchmark's rule."""
+    rows = []
+    for clip, text in zip(clips, texts, strict=True):
+        scored = score(bench.scorer, text, clip)
+        rows.append(
+            Prediction(tag, bench.name, clip.clip_id, text, scored.answer, clip.label or "",
+                       scored.correct, clip.family, clip.category)
+        )
+    return rows
+
+
 def evaluate_shard(
     cfg: PipelineConfig,
     store: ObjectStore,
     job: ShardJob,
     models: dict[str, tuple[str, str]],
     benchmarks: dict[str, StageRef],
-) -> tuple[pa.Table, None]:
-    from sightsound_core.backends.hf_student import StudentModel
-
-    tag, bench = job.source["model"], job.source["benchmark"]
-    clips = [c for c in Clip.from_table(read_all(store, benchmarks[bench])) if c.label is not None]
-    model = StudentModel(models[tag][0], device=cfg.models.device)
-    model.load()
-    load = audio_loader(store)
-    rows: list[Prediction] = []
-    size = cfg.evaluate.batch_size
-    for start in range(0, len(clips), size):
-        batch = clips[start : start + size]
-        items = [(load(c.audio_uri), c.question, list(c.options)) for c in batch]
-        outputs = model.generate(items, max_new_tokens=cfg.evaluate.max_new_tokens, temperature=0.0)
-        for clip, texts in zip(batch, outputs):
-            answer, correct = score_option(texts[0], list(clip.options), clip.label)
-            rows.append(
-                Prediction(tag, bench, clip.clip_id, texts[0], answer, clip.label, correct,
-                           clip.family, clip.category)
-            )
-    log.info("evaluate %s on %s: %d items", tag, bench, len(rows))
-    return Prediction.to_table(rows), None
+) -> tuple[pa.Table, pa.Table]:
+    tag, name = job.source["model"], job.source["benchmark"]
+    bench = benchmark_config(cfg, name)
+    # -- items: labelled ones are scored, the rest quarantined
+    items = Clip.from_table(read_all(store, benchmarks[name]))
+    clips = [c for c in items if c.label is not None]
+    bad = [Quarantine(job.stage, c.clip_id, "unlabelled", f"{name}: no label to score against")
+           for c in items if c.label is None]
+    # -- generate and score
+    model = load_generator(cfg.evaluate.backend, models[tag][0], cfg.models.device)
+    texts = generate_answers(
+        model, clips, audio_loader(store), cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens
+    )
+    rows = score_all(tag, bench, clips, texts)
+    # -- the official MMAU prediction file, written before the shard commits
+    if bench.scorer == "mmau":
+        records = [prediction_record(c, p, bench.annotation_version) for c, p in zip(clips, rows)]
+        store.write_bytes(mmau_file_uri(job), prediction_json(records))
+    log.info("evaluate %s on %s: %d items, %d correct", tag, name, len(rows), sum(p.correct for p in rows))
+    return Prediction.to_table(rows), Quarantine.to_table(bad)
 
 
 def summarize(predictions: list[Prediction]) -> dict[str, Any]:
-    """Accuracy per model and benchmark: overall, per family, per category."""
+    """Accuracy per model and benchmark (in the order they first appear): overall, per family,
+    per category."""
     out: dict[str, Any] = {}
-    keys = sorted({(p.model_tag, p.benchmark) for p in predictions})
+    keys = list(dict.fromkeys((p.model_tag, p.benchmark) for p in predictions))
     for tag, bench in keys:
         preds = [p for p in predictions if p.model_tag == tag and p.benchmark == bench]
         entry = {"all": accuracy([p.correct for p in preds]), "by_family": {}, "by_category": {}}
@@ -105,5 +152,28 @@ def run_evaluate(
 
 
 def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
+    """The evaluate manifest's summary (see the module docstring); reads only committed output."""
     preds = [p for j in plan.jobs for p in Prediction.from_table(store.read_table(j.output_uri))]
-    return {"accuracy": summarize(preds)}
+    acc = summarize(preds)
+    configs = {b["name"]: b for b in plan.config_payload["benchmarks"]}
+    benchmarks: dict[str, Any] = {}
+    for job in plan.jobs:
+        tag, name = job.source["model"], job.source["benchmark"]
+        bench = configs[name]
+        info = benchmarks.setdefault(name, {
+            "scorer": bench["scorer"],
+            "annotation_version": bench["annotation_version"],
+            "annotations": job.source["annotations"],
+            "dataset": bench["ingest"]["dataset"],
+            "prediction_files": {},
+        })
+        entry = acc.setdefault(tag, {}).setdefault(
+            name, {"all": accuracy([]), "by_family": {}, "by_category": {}}
+        )
+        info["items"] = entry["all"]["n"]
+        if bench["scorer"] == "mmau":
+            uri = mmau_file_uri(job)
+            info["prediction_files"][tag] = uri
+            entry["official"] = official_breakdown(json.loads(store.read_bytes(uri)))
+    models = list(dict.fromkeys(j.source["model"] for j in plan.jobs))
+    return {"accuracy": acc, "benchmarks": benchmarks, "models": models}

@@ -1,24 +1,132 @@
-"""Scoring rules and accuracy statistics, all reading answers through the shared parser."""
+"""Scoring rules and accuracy statistics, every rule reading model text through the shared parser.
+
+One rule per benchmark, chosen by ``BenchmarkConfig.scorer`` and dispatched in ``score``:
+
+    option      the parsed option equals the label (the synthetic world, folder data)
+    avqa        AVQA's 4-way multiple choice: the parsed option equals the label
+    music_avqa  MUSIC-AVQA as the ingest adapter documents it: each open answer became a choice
+                among answers of the same question type, so the parsed option equals the label
+    mmau        MMAU's official string match, applied to the ``<answer>`` content only
+
+Every rule returns a ``Scored``: the option the answer stands for (None when none), whether it is
+correct, and the ``<answer>`` text that was scored.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+from typing import Callable
 
 from sightsound_core.answers import parse_response
+from sightsound_core.schemas import Clip
+
+_WORD_RE = re.compile(r"\b\w+\b")
 
 
-def score_option(raw: str, options: list[str], label: str) -> tuple[str | None, bool]:
-    """The parsed option and whether it equals the label (synthetic world, AVQA-style items).
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One scored answer.
+
+    Attributes:
+        answer: the option the answer stands for under the benchmark's rule, None when none.
+        correct: the benchmark's verdict.
+        answer_text: content of the ``<answer>`` block ('' when there is none): what was scored.
+    """
+
+    answer: str | None
+    correct: bool
+    answer_text: str
+
+
+def answer_text(raw: str | None) -> str:
+    """The ``<answer>`` content the rules score ('' when the text has no single answer block).
+
+    >>> answer_text("<think>not a woman</think><answer> Man </answer>")
+    'Man'
+    >>> answer_text("Man")
+    ''
+    """
+    return parse_response(raw).answer_text or ""
+
+
+# -- option / AVQA ---------------------------------------------------------------------------------
+def score_option(raw: str, options: list[str], label: str) -> Scored:
+    """The parsed option, correct when it equals the label (synthetic world, AVQA).
 
     >>> score_option("<think>high</think><answer>B</answer>", ["low", "high"], "high")
-    ('high', True)
-    >>> score_option("high", ["low", "high"], "high")
-    (None, False)
+    Scored(answer='high', correct=True, answer_text='B')
+    >>> score_option("high", ["low", "high"], "high").correct
+    False
     """
-    option = parse_response(raw, options).option
-    return option, option == label
+    parsed = parse_response(raw, options)
+    return Scored(parsed.option, parsed.option == label, parsed.answer_text or "")
 
 
+# -- MMAU ------------------------------------------------------------------------------------------
+def word_tokens(text: str) -> set[str]:
+    """Lowercased word tokens, as a set (MMAU's tokenisation).
+
+    >>> sorted(word_tokens("(A) Man, man!"))
+    ['a', 'man']
+    """
+    return set(_WORD_RE.findall(text.lower()))
+
+
+def mmau_match(prediction: str, answer: str, choices: list[str]) -> bool:
+    """MMAU's official rule: the prediction has every token of the answer and no token that
+    belongs only to a wrong choice. A choice with exactly the answer's tokens is not wrong, and a
+    token a wrong choice shares with the answer does not count against the prediction.
+
+    >>> mmau_match("car door", "Car door", ["Car door", "House door"])
+    True
+    >>> mmau_match("door", "Car door", ["Car door", "House door"])
+    False
+    >>> mmau_match("car or house door", "Car door", ["Car door", "House door"])
+    False
+    """
+    predicted = word_tokens(prediction)
+    if not predicted:
+        return False
+    wanted = word_tokens(answer)
+    only_wrong: set[str] = set()
+    for choice in choices:
+        tokens = word_tokens(choice)
+        if tokens != wanted:
+            only_wrong |= tokens - wanted
+    return wanted <= predicted and predicted.isdisjoint(only_wrong)
+
+
+def score_mmau(raw: str, choices: list[str], label: str) -> Scored:
+    """MMAU: the official rule on the ``<answer>`` content; the reasoning is never scored.
+
+    ``answer`` is the first choice the rule accepts for the same text (None when it accepts none).
+
+    >>> score_mmau("<think>Not a woman.</think><answer>Man</answer>", ["Man", "Woman"], "Man")
+    Scored(answer='Man', correct=True, answer_text='Man')
+    """
+    text = answer_text(raw)
+    accepted = next((c for c in choices if mmau_match(text, c, choices)), None)
+    return Scored(accepted, mmau_match(text, label, choices), text)
+
+
+RULES: dict[str, Callable[[str, list[str], str], Scored]] = {
+    "option": score_option,
+    "avqa": score_option,
+    "music_avqa": score_option,
+    "mmau": score_mmau,
+}
+
+
+def score(scorer: str, raw: str, clip: Clip) -> Scored:
+    """Score one generated text on one labelled item with the benchmark's rule."""
+    if clip.label is None:
+        raise ValueError(f"{clip.clip_id}: cannot score an unlabelled item")
+    return RULES[scorer](raw, list(clip.options), clip.label)
+
+
+# -- statistics ------------------------------------------------------------------------------------
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of an accuracy.
 
@@ -37,6 +145,11 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 
 def accuracy(flags: list[bool]) -> dict[str, float | int]:
+    """n, correct, accuracy and its 95% Wilson interval.
+
+    >>> accuracy([True, False])["accuracy"]
+    0.5
+    """
     n, k = len(flags), sum(flags)
     lo, hi = wilson_interval(k, n)
     return {"n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci_low": lo, "ci_high": hi}

@@ -1,0 +1,139 @@
+"""The evaluate stage: every model on every benchmark, batched, scored by each benchmark's rule."""
+
+import json
+
+import pytest
+from mmau_data import Scripted, write_mmau_root
+from test_mmau_file import OUTPUTS
+
+import sightsound_core.evaluation.run as run_module
+from sightsound_core.config import BenchmarkConfig, EvaluateConfig, IngestConfig, PipelineConfig
+from sightsound_core.datasets.ingest import run_ingest
+from sightsound_core.evaluation.run import run_evaluate
+from sightsound_core.pipeline import benchmark_stage, open_store
+from sightsound_core.schemas import Clip, Prediction
+from sightsound_core.stage import read_all
+
+
+def _answer(question, options):
+    # MMAU items get their hand-made output; everything else answers the first option's letter.
+    return OUTPUTS[question][0] if question in OUTPUTS else "<think>x</think><answer>A</answer>"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    root = write_mmau_root(tmp / "mmau")
+    cfg = PipelineConfig(
+        run="t",
+        store={"root": f"file://{tmp}/store"},
+        evaluate={
+            "models": ["pretrained", "label_only", "cot", "grpo"],
+            "batch_size": 4,
+            "benchmarks": [
+                {"name": "mmau-mini", "scorer": "mmau", "annotation_version": "v-test",
+                 "ingest": {"dataset": "mmau", "path": str(root), "split": "test-mini"}},
+                {"name": "synthetic", "ingest": {"synthetic": {"n_clips": 10, "seed": 3, "split": "test"}}},
+            ],
+        },
+    )
+    store = open_store(cfg)
+    benchmarks = {
+        b.name: run_ingest(b.ingest, store, cfg.run, benchmark_stage(b.name)) for b in cfg.evaluate.benchmarks
+    }
+    # The run produced no label_only model: it is skipped, not an error.
+    models = {"pretrained": ("/p", "fp-p"), "cot": ("/c", "fp-c"), "grpo": ("/g", "fp-g")}
+    fake = Scripted(_answer)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "load_generator", lambda backend, path, device: fake)
+    ref = run_evaluate(cfg, store, models, benchmarks)
+    patch.undo()
+    clips = {name: Clip.from_table(read_all(store, b)) for name, b in benchmarks.items()}
+    return cfg, store, ref, clips, fake
+
+
+def test_one_job_per_model_and_benchmark(evaluated):
+    cfg, store, ref, clips, fake = evaluated
+    sources = [(s["source"]["model"], s["source"]["benchmark"]) for s in ref.manifest["shards"]]
+    assert sources == [(m, b) for m in ("pretrained", "cot", "grpo") for b in ("mmau-mini", "synthetic")]
+    assert ref.manifest["rows"] == 3 * (6 + 10)
+    assert ref.manifest["summary"]["models"] == ["pretrained", "cot", "grpo"]
+    # Batched: no generate call holds more than batch_size items.
+    assert max(fake.batches) == 4 and sum(fake.batches) == 3 * 16
+
+
+def test_predictions_are_parquet_rows_scored_by_each_rule(evaluated):
+    cfg, store, ref, clips, _ = evaluated
+    preds = [p for uri in ref.shards for p in Prediction.from_table(store.read_table(uri))]
+    mmau = {p.clip_id: p for p in preds if p.benchmark == "mmau-mini" and p.model_tag == "cot"}
+    for clip in clips["mmau-mini"]:
+        raw, correct = OUTPUTS[clip.question]
+        assert mmau[clip.clip_id].raw == raw and mmau[clip.clip_id].correct is correct
+        assert mmau[clip.clip_id].category == clip.meta_dict()["task"]
+    synthetic = [p for p in preds if p.benchmark == "synthetic" and p.model_tag == "cot"]
+    first = {c.clip_id: c.options[0] for c in clips["synthetic"]}
+    assert all(p.answer == first[p.clip_id] for p in synthetic)
+    assert [p.correct for p in synthetic] == [p.label == first[p.clip_id] for p in synthetic]
+
+
+def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
+    cfg, store, ref, clips, _ = evaluated
+    summary = ref.manifest["summary"]
+    mmau = summary["accuracy"]["cot"]["mmau-mini"]
+    assert mmau["all"]["correct"] == 3 and mmau["all"]["n"] == 6
+    assert set(mmau["by_category"]) == {"sound", "music", "speech"}
+    assert mmau["official"]["total"] == mmau["all"]
+    assert set(mmau["official"]["by_difficulty"]) == {"easy", "medium", "hard"}
+    synthetic = summary["accuracy"]["grpo"]["synthetic"]
+    assert set(synthetic["by_family"]) <= {"visual", "acoustic"} and synthetic["all"]["n"] == 10
+    info = summary["benchmarks"]["mmau-mini"]
+    assert info["scorer"] == "mmau" and info["annotation_version"] == "v-test" and info["items"] == 6
+    assert info["annotations"] == [f"file://{cfg.evaluate.benchmarks[0].ingest.path}/mmau-test-mini.json"]
+    assert summary["benchmarks"]["synthetic"]["prediction_files"] == {}
+
+
+def test_mmau_prediction_files_sit_next_to_the_shards(evaluated):
+    cfg, store, ref, clips, _ = evaluated
+    files = ref.manifest["summary"]["benchmarks"]["mmau-mini"]["prediction_files"]
+    assert set(files) == {"pretrained", "cot", "grpo"}
+    for tag, uri in files.items():
+        assert uri.rsplit("/", 1)[0] == ref.dir and uri.endswith(f"mmau-{tag}-mmau-mini.json")
+        data = json.loads(store.read_bytes(uri))
+        assert [d["sightsound"]["annotation_version"] for d in data] == ["v-test"] * 6
+        assert [d["model_output"] for d in data][:2] == ["Car door", "child"]
+
+
+def test_rerun_reuses_every_committed_job(evaluated):
+    cfg, store, ref, clips, _ = evaluated
+    benchmarks = {b.name: run_ingest(b.ingest, store, cfg.run, benchmark_stage(b.name))
+                  for b in cfg.evaluate.benchmarks}
+    models = {"pretrained": ("/p", "fp-p"), "cot": ("/c", "fp-c"), "grpo": ("/g", "fp-g")}
+
+    def refuse(*args):
+        raise AssertionError("a committed job was recomputed")
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "load_generator", refuse)
+    try:
+        again = run_evaluate(cfg, store, models, benchmarks)
+    finally:
+        patch.undo()
+    assert again.manifest == ref.manifest
+
+
+def test_benchmark_config_rules():
+    mmau = {"dataset": "mmau", "path": "/d", "split": "test-mini"}
+    with pytest.raises(ValueError, match="annotation_version"):
+        BenchmarkConfig(name="m", scorer="mmau", ingest=mmau)
+    with pytest.raises(ValueError, match="use scorer: mmau"):
+        BenchmarkConfig(name="m", ingest=mmau, annotation_version="v")
+    with pytest.raises(ValueError, match="cannot be scored by 'avqa'"):
+        BenchmarkConfig(name="s", scorer="avqa", ingest=IngestConfig())
+    ok = BenchmarkConfig(name="m", scorer="mmau", ingest=mmau, annotation_version="v05.15.25")
+    with pytest.raises(ValueError, match="unique"):
+        EvaluateConfig(benchmarks=[ok, ok])
+    # The annotation release changes what is scored, so it is part of the hash.
+    other = BenchmarkConfig(name="m", scorer="mmau", ingest=mmau, annotation_version="original")
+    assert ok.content_hash() != other.content_hash()
+    assert EvaluateConfig(batch_size=64).content_hash() == EvaluateConfig().content_hash()
+    assert EvaluateConfig(backend="vllm").content_hash() != EvaluateConfig().content_hash()

@@ -1,0 +1,162 @@
+"""The report of a small demo run (plus the hand-made MMAU items): every section, with the run's own
+numbers, and an HTML file that renders in headless Chromium with its tables and plots.
+
+Chromium comes from Debian's ``chromium`` package (CI installs it); without it this test fails.
+"""
+
+import doctest
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
+
+from mmau_data import write_mmau_root  # noqa: E402
+
+import sightsound_core.report as report_module  # noqa: E402
+from sightsound_core.config import DEFAULT_RECIPE, parse_config  # noqa: E402
+from sightsound_core.pipeline import open_store, run_pipeline  # noqa: E402
+from sightsound_core.report import pct, report_artifacts, report_uris  # noqa: E402
+from sightsound_core.training.stages import read_log  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+SECTIONS = [
+    "Results", "Benchmarks", "Accuracy per benchmark and category", "Distillation funnel",
+    "Teacher agreement by question family", "Verifier on planted hallucinations", "Training curves",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    data = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    data["store"]["root"] = f"file://{tmp}/store"
+    data["ingest"].update(shard_size=12)
+    data["ingest"]["synthetic"]["n_clips"] = 24
+    data["sft"].update(max_steps=2)
+    data["grpo"].update(max_steps=2, num_generations=2, prompts_per_step=1, max_completion_length=8)
+    data["evaluate"].update(models=["pretrained", "label_only", "cot_noagfv", "cot", "grpo"], max_new_tokens=8)
+    data["evaluate"]["benchmarks"][0]["ingest"]["synthetic"]["n_clips"] = 8
+    data["evaluate"]["benchmarks"].append({
+        "name": "mmau-mini", "scorer": "mmau", "annotation_version": "fixture-v1",
+        "ingest": {"dataset": "mmau", "path": str(write_mmau_root(tmp / "mmau")), "split": "test-mini"},
+    })
+    cfg = parse_config(data)
+    refs = run_pipeline(cfg)
+    store = open_store(cfg)
+    uris = report_uris(refs["report"])
+    return {
+        "cfg": cfg, "refs": refs, "store": store,
+        "md": store.read_bytes(uris["markdown"]).decode(),
+        "html_path": Path(store.local_path(uris["html"])),
+    }
+
+
+def _table(md, title, header=False):
+    """Rows (as lists of cells) of the first table under ``## title``, or its header row."""
+    part = md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in part.splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return rows[0] if header else rows[2:]
+
+
+def test_doctests():
+    assert doctest.testmod(report_module).failed == 0
+
+
+def test_every_section_is_there(demo):
+    titles = re.findall(r"^## (.+)$", demo["md"], re.M)
+    assert titles == SECTIONS
+
+
+def test_results_table_is_the_runs_accuracy(demo):
+    summary = demo["refs"]["evaluate"].manifest["summary"]
+    assert summary["models"] == ["pretrained", "label_only", "cot", "grpo"]
+    rows = {r[0]: r[1:] for r in _table(demo["md"], "Results")}
+    assert list(rows) == ["pretrained", "SFT, label only", "CoT SFT", "CoT SFT + GRPO"]
+    assert _table(demo["md"], "Results", header=True) == [
+        "model", "mmau-mini sound", "mmau-mini music", "mmau-mini speech", "mmau-mini avg",
+        "synthetic-test visual", "synthetic-test acoustic"]
+    grpo = summary["accuracy"]["grpo"]
+    assert rows["CoT SFT + GRPO"][0] == pct(grpo["mmau-mini"]["by_category"]["sound"])
+    assert rows["CoT SFT + GRPO"][3] == pct(grpo["mmau-mini"]["official"]["total"])
+    assert rows["CoT SFT + GRPO"][5] == pct(grpo["synthetic-test"]["by_family"]["acoustic"])
+    bench = {r[0]: r for r in _table(demo["md"], "Benchmarks")}
+    assert bench["mmau-mini"][1:5] == ["mmau", "mmau", "6", "fixture-v1"]
+
+
+def test_funnel_verifier_and_training_come_from_the_run(demo):
+    store, refs = demo["store"], demo["refs"]
+    funnel = refs["corpus"].manifest["summary"]["funnel"]
+    rows = {r[0]: [int(x) for x in r[1:]] for r in _table(demo["md"], "Distillation funnel")}
+    steps = ["clips", "parsed", "unanimous", "label_agreeing", "verified"]
+    assert rows["all"] == [funnel["all"][s] for s in steps]
+    for family, counts in funnel["by_family"].items():
+        assert rows[family] == [counts[s] for s in steps]
+    agreement = {r[0]: sum(int(x) for x in r[1:]) for r in _table(demo["md"], "Teacher agreement by question family")}
+    assert agreement == {f: len(v) for f, v in funnel["agreement_by_family"].items()}
+    verifier = _table(demo["md"], "Verifier on planted hallucinations")[0]
+    assert int(verifier[0]) == funnel["verifier"]["labelled"] > 0
+    training = {(r[0], r[1]): r for r in _table(demo["md"], "Training curves")}
+    for stage in ("sft", "grpo"):
+        for name, entries in read_log(store, refs[stage]).items():
+            for metric in {"loss", "reward", "kl"} & {m for _, m, _ in entries}:
+                last = [v for _, m, v in entries if m == metric][-1]
+                assert training[(f"{stage}:{name}", metric)][4] == f"{last:.4g}"
+    assert {("sft:cot", "loss"), ("sft:label_only", "loss"), ("grpo:policy", "loss"),
+            ("grpo:policy", "reward"), ("grpo:policy", "kl")} <= set(training)
+
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const probe = document.createElement('pre');
+  probe.id = 'render-probe';
+  probe.textContent = JSON.stringify({
+    images: [...document.images].map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight]),
+    tables: [...document.querySelectorAll('table')].map(t => [t.id, t.rows.length]),
+  });
+  document.body.appendChild(probe);
+});
+</script></body>"""
+
+
+def test_html_renders_in_headless_chromium(demo, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    page = demo["html_path"].read_text()
+    assert "<script" not in page and "http" not in page.split("<body>", 1)[0]  # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE))
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    found = re.search(r'<pre id="render-probe">(.*?)</pre>', dom, re.S)
+    assert found, f"the page did not finish loading in Chromium: {dom[:500]!r}"
+    rendered = json.loads(html.unescape(found.group(1)))
+    tables = dict(rendered["tables"])
+    for key in ("results", "benchmarks", "accuracy", "funnel", "agreement", "verifier", "training"):
+        assert tables[key] > 1, key
+    images = {i[0]: i[1:] for i in rendered["images"]}
+    assert set(images) == {"plot-accuracy", "plot-funnel", "plot-agreement", "plot-training"}
+    assert all(done and width > 100 and height > 100 for done, width, height in images.values())
+
+
+def test_artifacts_for_the_flow(demo):
+    art = report_artifacts(demo["store"], demo["refs"]["report"])
+    assert art["markdown"].startswith(demo["md"])
+    keys = set(art["tables"])
+    assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in keys)
+    assert {"demo-results", "demo-accuracy", "demo-funnel", "demo-training"} <= keys
+    results = art["tables"]["demo-results"]
+    assert [r["model"] for r in results] == ["pretrained", "SFT, label only", "CoT SFT", "CoT SFT + GRPO"]
