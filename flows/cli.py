@@ -101,6 +101,47 @@ def run(
 
 
 @app.command()
+def resume(
+    run_name: str = typer.Argument(..., metavar="RUN", help="Run name (the recipe's `run`)."),
+    recipe: Optional[Path] = typer.Option(
+        None, help="The recipe the run was made with (default: the demo recipe)."
+    ),
+    stage: Optional[str] = typer.Option(
+        None, help="Only this stage (verify: re-verify its error rows and uncommitted shards, "
+        "without Prefect). Default: the whole DAG, recomputing only what is not committed."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Runtime overrides, e.g. --set verify.concurrency=8."),
+) -> None:
+    """Finish a run that failed or was interrupted: only failed and missing work is redone."""
+    from sightsound_core.config import DEFAULT_RECIPE, ConfigError, load_config
+
+    recipe = recipe or DEFAULT_RECIPE
+    overrides = {**_parse_sets(set_), "run": run_name}
+    try:
+        cfg = load_config(recipe, overrides)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    if stage is None:
+        run(recipe=recipe, set_=[f"{k}={json.dumps(v)}" for k, v in overrides.items()], verbose=False)
+        return
+    if stage != "verify":
+        console.print(f"[red]--stage {stage}: only verify can be resumed on its own; omit --stage "
+                      "to resume the whole DAG[/red]")
+        raise typer.Exit(2)
+    from sightsound_core.pipeline import open_store
+    from sightsound_core.verify import resume_verify
+
+    try:
+        ref = resume_verify(cfg.verify, open_store(cfg), run_name)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1)
+    statuses = ref.manifest.get("summary", {}).get("statuses", {})
+    print(f"verify of run {run_name}: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+
+
+@app.command()
 def status(
     run_name: str = typer.Argument(..., metavar="RUN", help="Run name (the recipe's `run`)."),
     recipe: Optional[Path] = typer.Option(

@@ -19,13 +19,26 @@ from sightsound_core.config import DEFAULT_RECIPE, PipelineConfig, load_config
 from sightsound_core.corpus import corpus_work, plan_corpus
 from sightsound_core.datasets.ingest import ingest_shard, plan_ingest
 from sightsound_core.evaluation.run import evaluate_shard, evaluation_summary, plan_evaluate
-from sightsound_core.pipeline import benchmark_stage, open_store
-from sightsound_core.report import plan_report, report_shard, report_uris
-from sightsound_core.stage import StagePlan, StageRef
+from sightsound_core.pipeline import benchmark_stage, needs_question_stage, open_store
+from sightsound_core.questions import plan_questions, questions_shard
+from sightsound_core.report import (
+    artifact_key,
+    plan_report,
+    report_artifacts,
+    report_shard,
+    report_uris,
+)
+from sightsound_core.stage import ShardJob, StagePlan, StageRef, run_shard
 from sightsound_core.storage import ObjectStore
-from sightsound_core.teacher import plan_teacher, plan_vote, teacher_shard, vote_shard
+from sightsound_core.teacher import (
+    plan_teacher,
+    plan_vote,
+    teacher_shard,
+    vote_shard,
+    vote_stage_summary,
+)
 from sightsound_core.training.stages import grpo_shard, model_paths, plan_grpo, plan_sft, sft_shard
-from sightsound_core.verify import plan_verify, verify_shard
+from sightsound_core.verify import plan_verify, reopen, verify_job, verify_summary
 from tasks.stages import GPU_STAGES, commit_task, result_storage, shard_task
 
 log = logging.getLogger(__name__)
@@ -38,18 +51,34 @@ def run_stage(
     cfg: PipelineConfig,
     plan: StagePlan,
     store: ObjectStore,
-    compute: Callable[..., Any],
+    compute: Callable[..., Any] | None = None,
     summary: Callable[[], dict] | None = None,
+    work: Callable[[ShardJob], str] | None = None,
+    refresh: set[int] = frozenset(),
 ) -> StageRef:
-    """Run the plan's shards as tasks (``shards_per_task`` each), then commit the manifest."""
+    """Run the plan's shards as tasks (``shards_per_task`` each), then commit the manifest.
+
+    ``compute`` makes a shard's tables (committed by the core); a stage with its own per-shard
+    unit passes ``work`` instead. Batches holding a shard index in ``refresh`` bypass the cache:
+    their committed shards are about to be repaired.
+    """
     orch = cfg.orchestration
     tags = [f"stage:{plan.stage}"] + (["gpu"] if plan.stage in GPU_STAGES else [])
     task = shard_task.with_options(
         name=plan.stage, tags=tags, retries=orch.retries, result_storage=result_storage(store)
     )
+    if work is None:
+        def work(job: ShardJob) -> str:
+            return run_shard(store, job, compute)
+
     size = orch.batch_size(len(plan.jobs))
     batches = [plan.jobs[i : i + size] for i in range(0, len(plan.jobs), size)]
-    futures = [task.submit(jobs=batch, store=store, compute=compute) for batch in batches]
+    futures = [
+        task.with_options(refresh_cache=any(j.index in refresh for j in batch)).submit(
+            jobs=batch, work=work
+        )
+        for batch in batches
+    ]
     for future in futures:
         future.result()
     ref = commit_task(plan, store, summary)
@@ -70,12 +99,20 @@ def distill(cfg: PipelineConfig) -> dict[str, StageRef]:
     store = open_store(cfg)
     clips = run_stage(cfg, plan_ingest(cfg.ingest, store, cfg.run), store,
                       lambda job: ingest_shard(cfg.ingest, store, job))
+    if needs_question_stage(cfg):
+        clips = run_stage(cfg, plan_questions(cfg.teacher, store, cfg.run, clips), store,
+                          lambda job: questions_shard(cfg.teacher, store, job))
     samples = run_stage(cfg, plan_teacher(cfg.teacher, store, cfg.run, clips), store,
                         lambda job: teacher_shard(cfg.teacher, store, job))
-    votes = run_stage(cfg, plan_vote(cfg.vote, store, cfg.run, clips, samples), store,
-                      lambda job: vote_shard(cfg.vote, store, job))
-    verdicts = run_stage(cfg, plan_verify(cfg.verify, store, cfg.run, clips, samples, votes), store,
-                         lambda job: verify_shard(cfg.verify, store, job))
+    vote_plan = plan_vote(cfg.vote, store, cfg.run, clips, samples)
+    votes = run_stage(cfg, vote_plan, store, lambda job: vote_shard(cfg.vote, store, job),
+                      summary=lambda: vote_stage_summary(store, vote_plan))
+    # Committed verify shards with error rows (API failures) are repaired in place: only those
+    # rows are asked again, so nothing settled is billed twice.
+    verify_plan = plan_verify(cfg.verify, store, cfg.run, clips, samples, votes)
+    repair = set(reopen(store, verify_plan))
+    verdicts = run_stage(cfg, verify_plan, store, work=lambda job: verify_job(cfg.verify, store, job),
+                         summary=lambda: verify_summary(store, verify_plan), refresh=repair)
     return {"clips": clips, "samples": samples, "votes": votes, "verdicts": verdicts}
 
 
@@ -120,19 +157,17 @@ def evaluate(cfg: PipelineConfig, trained: dict[str, StageRef]) -> dict[str, Sta
 
 
 def publish_report(store: ObjectStore, report: StageRef) -> None:
-    """The report as artifacts on the flow run: the Markdown and the accuracy table."""
+    """The report on the flow run: its Markdown and each of its tables as Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    uris = report_uris(report)
+    run = report.manifest["run"]
+    published = report_artifacts(store, report)
     create_markdown_artifact(
-        markdown=store.read_bytes(uris["markdown"]).decode(), key="sightsound-report",
-        description=f"Report of run {report.manifest['run']} ({uris['html']})",
+        markdown=published["markdown"], key=artifact_key(run, "report"),
+        description=f"sightsound report of run {run}",
     )
-    rows = store.read_table(report.shards[0]).to_pylist()
-    create_table_artifact(
-        table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-        key="sightsound-accuracy", description="Accuracy with 95% Wilson intervals",
-    )
+    for key, rows in published["tables"].items():
+        create_table_artifact(table=rows, key=key)
 
 
 def _dispatch(deployment: str, recipe: str, overrides: dict[str, Any] | None) -> None:

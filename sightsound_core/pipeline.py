@@ -13,6 +13,7 @@ from sightsound_core.config import PipelineConfig
 from sightsound_core.corpus import run_corpus
 from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.evaluation.run import run_evaluate
+from sightsound_core.questions import run_questions
 from sightsound_core.report import run_report
 from sightsound_core.stage import StageRef
 from sightsound_core.storage import ObjectStore
@@ -23,12 +24,17 @@ from sightsound_core.verify import run_verify
 log = logging.getLogger(__name__)
 
 STAGES = (
-    "ingest", "teacher", "vote", "verify", "corpus", "sft", "grpo", "benchmarks", "evaluate", "report"
+    "ingest", "questions", "teacher", "vote", "verify", "corpus", "sft", "grpo", "benchmarks", "evaluate", "report"
 )
 
 
 def open_store(cfg: PipelineConfig) -> ObjectStore:
     return ObjectStore(cfg.store.root, cfg.store.storage_options)
+
+
+def needs_question_stage(cfg: PipelineConfig) -> bool:
+    """Unlabeled corpora (a video folder) get teacher-proposed questions before sampling."""
+    return cfg.ingest.dataset == "folder"
 
 
 def benchmark_stage(name: str) -> str:
@@ -49,6 +55,8 @@ def run_pipeline(
         return ref
 
     clips = done("ingest", run_ingest(cfg.ingest, store, cfg.run))
+    if needs_question_stage(cfg):
+        clips = done("questions", run_questions(cfg.teacher, store, cfg.run, clips))
     samples = done("teacher", run_teacher(cfg.teacher, store, cfg.run, clips))
     votes = done("vote", run_vote(cfg.vote, store, cfg.run, clips, samples))
     verdicts = done("verify", run_verify(cfg.verify, store, cfg.run, clips, samples, votes))

@@ -7,7 +7,7 @@ from typing import Any
 from sightsound_core.stage import read_index
 from sightsound_core.storage import MANIFEST, ObjectStore, join
 
-ORDER = ("ingest", "teacher", "vote", "verify", "corpus", "sft", "grpo", "evaluate", "report")
+ORDER = ("ingest", "questions", "teacher", "vote", "verify", "corpus", "sft", "grpo", "evaluate", "report")
 
 
 def run_status(store: ObjectStore, run: str) -> list[dict[str, Any]]:

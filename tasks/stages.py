@@ -14,6 +14,7 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from sightsound_core import secrets
 from sightsound_core import stage as core_stage
 from sightsound_core.config import digest
 from sightsound_core.errors import is_transient
@@ -24,6 +25,16 @@ from sightsound_core.storage import ObjectStore
 GPU_STAGES = {"sft", "grpo", "evaluate"}
 # Credentials in storage options must not be copied into a Prefect block document.
 _SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
+
+
+def _load_secret_block(name: str) -> str:
+    """API keys named by a Prefect Secret block (``api_key_secret``), resolved at call time."""
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name).get()
+
+
+secrets.set_secret_loader(_load_secret_block)
 
 
 def _batch_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -48,11 +59,9 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_retry_transient,
     task_run_name=lambda: _run_name(),
 )
-def shard_task(
-    jobs: list[ShardJob], store: ObjectStore, compute: Callable[[ShardJob], Any]
-) -> list[str]:
-    """Compute and commit each shard (or reuse its valid commit); returns the shard URIs."""
-    return [core_stage.run_shard(store, job, compute) for job in jobs]
+def shard_task(jobs: list[ShardJob], work: Callable[[ShardJob], str]) -> list[str]:
+    """Make each shard final (compute and commit it, or reuse its valid commit); its URIs."""
+    return [work(job) for job in jobs]
 
 
 def _run_name() -> str:

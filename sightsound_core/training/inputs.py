@@ -76,16 +76,34 @@ def encode_prompts(
     Left padding puts every prompt's last token at the same position, which batched generation
     needs.
     """
+    import torch
+
     processor.tokenizer.padding_side = "left"
+    # The processor pads every clip to 30 s before its STFT; most of that work is on silence.
+    # Features of the real audio (plus one window of zeros), padded to 30 s with their last,
+    # all-silence frame, are the same numbers at a fraction of the cost (tested against the
+    # 30 s path).
+    fe = processor.feature_extractor
+    clips = [np.asarray(w, dtype=np.float32)[: fe.n_samples] for w in waveforms]
+    longest = max(len(c) for c in clips)
+    n = min(fe.n_samples, -(-(longest + fe.n_fft) // fe.hop_length) * fe.hop_length)
     batch = processor(
         text=prompt_texts(processor, questions, options),
-        audio=[np.asarray(w, dtype=np.float32) for w in waveforms],
+        audio=clips,
         sampling_rate=SAMPLE_RATE,
         padding=True,
         return_tensors="pt",
+        audio_kwargs={"max_length": n},
     )
+    rest = fe.nb_max_frames - batch["input_features"].shape[2]
+    features = batch["input_features"]
+    if rest > 0:
+        features = torch.cat([features, features[:, :, -1:].expand(-1, -1, rest)], dim=2)
     return {
-        k: batch[k] for k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "input_features": features,
+        "feature_attention_mask": torch.nn.functional.pad(batch["feature_attention_mask"], (0, max(rest, 0))),
     }
 
 

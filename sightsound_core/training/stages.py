@@ -55,6 +55,12 @@ def log_table(metrics: dict[str, Any]) -> pa.Table:
     )
 
 
+def model_name(name: str, input_fingerprint: str) -> str:
+    """A model's directory name: new training data gets a new directory, so it never resumes
+    checkpoints made from other data and never overwrites the model those made."""
+    return f"{name}-{input_fingerprint[:12]}"
+
+
 def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
     """Where a job trains: inside the store on a local disk, else a local scratch directory."""
     uri = join(job.output_uri.rsplit("/", 1)[0], name)
@@ -76,6 +82,11 @@ def publish(store: ObjectStore, job: ShardJob, name: str, local_dir: str) -> Non
 
 def model_dir(store: ObjectStore, ref: StageRef, name: str) -> str:
     """A local directory holding the merged model ``name`` of a training stage."""
+    entry = next(
+        s for s in ref.manifest["shards"]
+        if name in (s["source"].get("variant"), s["source"].get("name"))
+    )
+    name = model_name(name, entry["input_fingerprint"])
     uri = join(ref.dir, name, "merged")
     if store.protocol == "file":
         return store.local_path(uri)
@@ -121,9 +132,10 @@ def sft_shard(
             f"sft[{variant}]: the corpus has no examples; see the corpus funnel "
             "(teacher agreement, label match and verification all filter)"
         )
-    out = workdir(store, job, variant)
+    name = model_name(variant, job.input_fingerprint)
+    out = workdir(store, job, name)
     metrics = train_sft(_student(cfg), examples, cfg.sft, out, audio_loader(store), cfg.models.device)
-    publish(store, job, variant, out)
+    publish(store, job, name, out)
     return log_table(metrics), None
 
 
@@ -157,10 +169,11 @@ def grpo_shard(
     examples = GRPOExample.from_table(store.read_table(dataset_uri(corpus, "grpo")))
     if not examples:
         raise ValueError("grpo: the corpus has no labelled prompts")
-    out = workdir(store, job, "policy")
+    name = model_name("policy", job.input_fingerprint)
+    out = workdir(store, job, name)
     init = model_dir(store, sft, GRPO_INIT)
     metrics = train_grpo(init, examples, cfg.grpo, out, audio_loader(store), cfg.models.device)
-    publish(store, job, "policy", out)
+    publish(store, job, name, out)
     return log_table(metrics), None
 
 

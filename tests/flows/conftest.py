@@ -4,15 +4,6 @@ import yaml
 from sightsound_core.config import DEFAULT_RECIPE
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """One temporary Prefect server (SQLite) for every flow test of the session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.fixture
 def small_recipe():
     return write_small_recipe

@@ -64,7 +64,6 @@ def _prefect(env, *args, **kw):
                           capture_output=True, check=True, **kw)
 
 
-@pytest.mark.slow
 def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
     assert Path(CHROMIUM).exists(), "Debian chromium is required: apt-get install -y chromium"
     env = dict(prefect_server, SIGHTSOUND_REPO=str(ROOT))

@@ -65,7 +65,7 @@ def test_failed_verify_shard_is_the_only_one_recomputed(
 ):
     import flows.dag as dag
 
-    real = dag.verify_shard
+    real = dag.verify_job
     calls = []
 
     def planted(cfg, store, job):
@@ -74,7 +74,7 @@ def test_failed_verify_shard_is_the_only_one_recomputed(
             raise ValueError("planted failure in verify shard 1")
         return real(cfg, store, job)
 
-    monkeypatch.setattr(dag, "verify_shard", planted)
+    monkeypatch.setattr(dag, "verify_job", planted)
     recipe = _s3_recipe(tmp_path, s3_store, small_recipe, run="fail")
     with pytest.raises(ValueError, match="planted failure"):
         dag.pipeline(recipe=str(recipe))

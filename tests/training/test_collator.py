@@ -59,3 +59,25 @@ def test_truncation_cuts_the_completion_never_the_prompt(processor, clips):
     assert int((batch["input_ids"][0] == processor.audio_token_id).sum()) == 50
     with pytest.raises(ValueError, match="does not fit"):
         AudioSFTCollator(processor, load_audio, max_length=60)(_rows(clips, [long]))
+
+
+def test_short_feature_path_equals_the_30s_processor_path():
+    """encode_prompts computes features on the real audio only; they must equal the stock path."""
+    import numpy as np
+    import torch
+
+    from sightsound_core.tiny import resolve_model
+    from sightsound_core.training.inputs import SAMPLE_RATE, encode_prompts, load_student, prompt_texts
+
+    _, processor = load_student(resolve_model("tiny://qwen2-audio"), device="cpu")
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(SAMPLE_RATE * s)).astype(np.float32) * 0.1 for s in (0.5, 2.0, 7.3)]
+    qs, opts = ["q"] * 3, [["a", "b"]] * 3
+    fast = encode_prompts(processor, waves, qs, opts)
+    processor.tokenizer.padding_side = "left"
+    stock = processor(text=prompt_texts(processor, qs, opts), audio=waves, sampling_rate=SAMPLE_RATE,
+                      padding=True, return_tensors="pt")
+    assert fast["input_features"].shape == stock["input_features"].shape == (3, 128, 3000)
+    assert torch.equal(fast["input_features"], stock["input_features"])
+    assert torch.equal(fast["feature_attention_mask"], stock["feature_attention_mask"])
+    assert torch.equal(fast["input_ids"], stock["input_ids"])

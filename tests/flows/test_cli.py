@@ -1,0 +1,52 @@
+"""The command line on real runs: resume of failed verification batches, status."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from fakes.verify_world import make_world
+from flows.cli import app
+from sightsound_core.config import VerifyConfig
+from sightsound_core.schemas import Verdict
+from sightsound_core.stage import read_all, read_index, load_ref
+from sightsound_core.storage import ObjectStore
+from sightsound_core.verify import run_verify
+
+
+def test_resume_verify_retries_only_the_failed_items(tmp_path, openai_server):
+    store = ObjectStore(f"file://{tmp_path}/store")
+    refs = make_world(store, "r", str(tmp_path / "wav"), n_clips=40, samples_per_clip=2, clips_per_shard=20)
+    verify = dict(backend="openai", model="fake-audio", samples_per_clip=2)
+    runtime = dict(base_url=openai_server.url, api_key_env=None, max_retries=0, timeout_s=5.0,
+                   backoff_base_s=0.01, backoff_max_s=0.02)
+    openai_server.configure(p500=0.3)
+    run_verify(VerifyConfig(**verify, **runtime), store, "r", refs["clips"], refs["samples"], refs["votes"])
+    first = Verdict.from_table(read_all(store, load_ref(store, read_index(store, "r")["verify"]["dir"])))
+    failed = {(v.clip_id, v.sample_idx) for v in first if v.status == "error"}
+    assert failed, "the planted 500s left no error to resume"
+
+    openai_server.configure(p500=0.0)
+    openai_server.reset_counters()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"run": "r", "store": {"root": store.root}, "verify": {**verify, **runtime}}))
+    result = CliRunner().invoke(app, ["resume", "r", "--stage", "verify", "--recipe", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.output.split(":", 1)[1]
+
+    after = Verdict.from_table(read_all(store, load_ref(store, read_index(store, "r")["verify"]["dir"])))
+    assert len(after) == len(first) == 80 and not any(v.status == "error" for v in after)
+    assert sum(openai_server.requests.values()) == len(failed)
+    settled = {(v.clip_id, v.sample_idx): v for v in first if v.status != "error"}
+    assert all(v == settled[(v.clip_id, v.sample_idx)] for v in after if (v.clip_id, v.sample_idx) in settled)
+
+    status = CliRunner().invoke(app, ["status", "r", "--recipe", str(recipe), "--json"])
+    rows = {r["stage"]: r for r in json.loads(status.output)}
+    assert rows["verify"]["state"] == "done" and "error" not in rows["verify"]["statuses"]
+
+
+def test_resume_refuses_a_stage_it_cannot_resume_alone(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"run": "r", "store": {"root": f"file://{tmp_path}/s"}}))
+    result = CliRunner().invoke(app, ["resume", "r", "--stage", "teacher", "--recipe", str(recipe)])
+    assert result.exit_code == 2
