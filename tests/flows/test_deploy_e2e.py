@@ -20,6 +20,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+# Flow runs on the server, with their flow name, state and deployment.
+_LIST_RUNS = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as c:
+    flows = {f.id: f.name for f in c.read_flows()}
+    print(json.dumps([{"flow": flows[r.flow_id], "state": r.state_name,
+                       "deployment": str(r.deployment_id or "")} for r in c.read_flow_runs()]))
+"""
 
 
 def _port():
@@ -68,7 +77,8 @@ def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
     assert Path(CHROMIUM).exists(), "Debian chromium is required: apt-get install -y chromium"
     env = dict(prefect_server, SIGHTSOUND_REPO=str(ROOT))
     _prefect(env, "work-pool", "create", "sightsound-local", "--type", "process")
-    _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "demo")
+    _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
+             "--name", "pipeline/demo", "--name", "train-recipe/local")
 
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "sightsound-local"],
@@ -83,6 +93,8 @@ def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
             "grpo.max_completion_length": 4, "evaluate.models": ["pretrained", "cot"],
             "evaluate.max_new_tokens": 4,
             "evaluate.benchmarks": [{"name": "t", "ingest": {"synthetic": {"n_clips": 2, "seed": 1}}}],
+            # Training runs as its own flow run of another deployment, as on a GPU pool.
+            "orchestration.dispatch_train": "train-recipe/local",
         }
         out = _prefect(env, "deployment", "run", "pipeline/demo", "--param",
                        f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "600",
@@ -93,6 +105,11 @@ def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
     assert (tmp_path / "store" / "demo" / "_index" / "report.json").exists()
+    runs = json.loads(subprocess.run(
+        [sys.executable, "-c", _LIST_RUNS], env=env, text=True, capture_output=True, check=True
+    ).stdout)
+    dispatched = [r for r in runs if r["flow"] == "train-recipe"]
+    assert dispatched and all(r["state"] == "Completed" and r["deployment"] for r in dispatched), runs
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "flow-run.png"
