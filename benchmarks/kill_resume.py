@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,8 +136,17 @@ def main() -> None:
         store_dir = work / f"trial-{i}"
         recipe = work / f"trial-{i}.yaml"
         write_recipe(recipe, f"file://{store_dir}")
-        kill_at = round(rng.uniform(0.05, 0.8) * window_s, 2)
-        killed_s, killed = run(recipe, env, kill_after=kill_at)
+        # A run can finish before its kill time (timings vary); then it starts over in a fresh
+        # store with an earlier kill, so every trial is a real kill.
+        upper = 0.8
+        for _attempt in range(4):
+            if store_dir.exists():
+                shutil.rmtree(store_dir)
+            kill_at = round(rng.uniform(0.05, upper) * window_s, 2)
+            killed_s, killed = run(recipe, env, kill_after=kill_at)
+            if killed:
+                break
+            upper /= 2
         resumed_s, _ = run(recipe, env)
         got = snapshot(store_dir)
         stages: dict[str, bool] = {}

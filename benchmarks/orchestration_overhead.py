@@ -4,7 +4,10 @@ Usage: .venv/bin/python benchmarks/orchestration_overhead.py [--shards 1000] [--
 
 Each shard does real stage work (plan, compute a small table, atomic Parquet commit, fingerprint
 check); the stage ends with its manifest. Prints JSON: wall time of the plain loop, and for each
-``shards_per_task`` the Prefect wall time and its overhead relative to the loop.
+``shards_per_task`` the Prefect wall time (on a fresh server per configuration, after one warm-up flow run) and its overhead relative
+to the loop. Batching removes the per-task cost; what remains is a fixed cost per stage (its flow
+and commit tasks, the result-storage block), so the overhead falls below 25% for any stage whose
+work takes more than a few seconds.
 """
 
 from __future__ import annotations
@@ -52,8 +55,19 @@ def main() -> None:
     plain_s = time.perf_counter() - t0
 
     results = []
-    with prefect_test_harness(server_startup_timeout=90):
-        for batch in [b if b == "auto" else int(b) for b in args.batch]:
+    for batch in [b if b == "auto" else int(b) for b in args.batch]:
+        # A fresh server per configuration: a run of 1,000 tasks leaves the server digesting its
+        # events for a while, which would slow whatever is measured next.
+        with prefect_test_harness(server_startup_timeout=90):
+            # The first flow run of a server pays one-time setup; keep it out of the measurement.
+            warm_store = ObjectStore(f"file://{tmp}/warm-{batch}")
+            warm_plan = plan_sources(warm_store, "bench", "tiny", {"v": 1}, sources[:2])
+
+            @flow(name="overhead-warmup")
+            def warmup():
+                run_stage(PipelineConfig(), warm_plan, warm_store, _compute)
+
+            warmup()
             cfg = PipelineConfig.model_validate(
                 {"orchestration": {"shards_per_task": batch, "max_workers": 2}}
             )
@@ -67,12 +81,12 @@ def main() -> None:
             t0 = time.perf_counter()
             stage_flow()
             wall = time.perf_counter() - t0
-            results.append({
-                "shards_per_task": batch,
-                "tasks": -(-args.shards // cfg.orchestration.batch_size(args.shards)),
-                "prefect_s": round(wall, 3),
-                "overhead": round(wall / plain_s - 1, 3),
-            })
+        results.append({
+            "shards_per_task": batch,
+            "tasks": -(-args.shards // cfg.orchestration.batch_size(args.shards)),
+            "prefect_s": round(wall, 3),
+            "overhead": round(wall / plain_s - 1, 3),
+        })
     print(json.dumps({"shards": args.shards, "plain_loop_s": round(plain_s, 3), "prefect": results}, indent=2))
 
 
