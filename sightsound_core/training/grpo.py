@@ -65,10 +65,12 @@ def train_grpo(
     output_dir: str,
     audio_loader: Callable[[str], np.ndarray],
     device: str = "auto",
+    on_checkpoint: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run GRPO from ``model_path`` (usually the SFT merge); write ``{output_dir}/merged``.
 
-    Resumes from the last ``checkpoint-N`` in ``output_dir``. Returns ``{"merged", "steps",
+    Resumes from the last ``checkpoint-N`` in ``output_dir``; ``on_checkpoint`` is called with each
+    checkpoint's folder once written. Returns ``{"merged", "steps",
     "history": [per-step metrics], "wall_s", "resumed_from"}``; each step's metrics are
     ``step, reward, reward_std, accuracy, format, kl, loss, completion_length, step_s``.
     """
@@ -118,6 +120,8 @@ def train_grpo(
         )  # fmt: skip
         if (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.max_steps:
             _save_checkpoint(output_dir, step + 1, history, policy, optimizer)
+            if on_checkpoint is not None:
+                on_checkpoint(f"{output_dir}/checkpoint-{step + 1}")
 
     # Export
     merged = save_merged(policy, processor, f"{output_dir}/merged")

@@ -66,6 +66,16 @@ def _logging_callback() -> Any:
     return LogToLogging()
 
 
+def _checkpoint_callback(on_checkpoint: Callable[[str], None]) -> Any:
+    from transformers import TrainerCallback
+
+    class CheckpointSaved(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            on_checkpoint(f"{args.output_dir}/checkpoint-{state.global_step}")
+
+    return CheckpointSaved()
+
+
 def train_sft(
     model_path: str,
     examples: list[SFTExample],
@@ -73,10 +83,13 @@ def train_sft(
     output_dir: str,
     audio_loader: Callable[[str], np.ndarray],
     device: str = "auto",
+    on_checkpoint: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train LoRA adapters (or all weights) on ``examples``; write ``{output_dir}/merged``.
 
     Resumes from the last ``checkpoint-N`` in ``output_dir`` (weights, optimizer, scheduler, RNG).
+    ``on_checkpoint`` is called with each checkpoint's folder once it is written (the pipeline
+    uploads it to a remote store, so another machine can resume).
     Returns ``{"merged": path, "steps", "loss_history": [{"step", "loss"}...], "wall_s",
     "resumed_from"}``.
     """
@@ -108,6 +121,8 @@ def train_sft(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_logging_callback())
+    if on_checkpoint is not None:
+        trainer.add_callback(_checkpoint_callback(on_checkpoint))
     resume = last_checkpoint(output_dir)
     if resume is not None:
         log.info("resuming SFT from %s", resume)

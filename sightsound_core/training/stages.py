@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -61,8 +62,12 @@ def model_name(name: str, input_fingerprint: str) -> str:
     return f"{name}-{input_fingerprint[:12]}"
 
 
+UPLOADED = "_UPLOADED"
+
+
 def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
-    """Where a job trains: inside the store on a local disk, else a local scratch directory."""
+    """Where a job trains: inside the store on a local disk, else a local scratch directory
+    seeded with the checkpoints already uploaded (a killed job resumes on any machine)."""
     uri = join(job.output_uri.rsplit("/", 1)[0], name)
     if store.protocol == "file":
         return store.local_path(uri)
@@ -72,7 +77,27 @@ def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
     )
     if store.exists(uri):
         store.get_dir(uri, scratch)
+        # A checkpoint whose upload was cut short has no marker: resuming from it would fail.
+        for entry in os.listdir(scratch):
+            path = os.path.join(scratch, entry)
+            if entry.startswith("checkpoint-") and not os.path.exists(os.path.join(path, UPLOADED)):
+                shutil.rmtree(path)
     return scratch
+
+
+def checkpoint_uploader(store: ObjectStore, job: ShardJob, name: str) -> Callable[[str], None] | None:
+    """Upload each checkpoint as it is written, marker last; None on a local store (it is there)."""
+    if store.protocol == "file":
+        return None
+    base = join(job.output_uri.rsplit("/", 1)[0], name)
+
+    def upload(local_checkpoint: str) -> None:
+        target = join(base, os.path.basename(local_checkpoint.rstrip("/")))
+        store.put_dir(local_checkpoint, target)
+        store.write_bytes(join(target, UPLOADED), b"")
+        log.info("uploaded %s", target)
+
+    return upload
 
 
 def publish(store: ObjectStore, job: ShardJob, name: str, local_dir: str) -> None:
@@ -134,7 +159,8 @@ def sft_shard(
         )
     name = model_name(variant, job.input_fingerprint)
     out = workdir(store, job, name)
-    metrics = train_sft(_student(cfg), examples, cfg.sft, out, audio_loader(store), cfg.models.device)
+    metrics = train_sft(_student(cfg), examples, cfg.sft, out, audio_loader(store), cfg.models.device,
+                        on_checkpoint=checkpoint_uploader(store, job, name))
     publish(store, job, name, out)
     return log_table(metrics), None
 
@@ -172,7 +198,8 @@ def grpo_shard(
     name = model_name("policy", job.input_fingerprint)
     out = workdir(store, job, name)
     init = model_dir(store, sft, GRPO_INIT)
-    metrics = train_grpo(init, examples, cfg.grpo, out, audio_loader(store), cfg.models.device)
+    metrics = train_grpo(init, examples, cfg.grpo, out, audio_loader(store), cfg.models.device,
+                         on_checkpoint=checkpoint_uploader(store, job, name))
     publish(store, job, name, out)
     return log_table(metrics), None
 
