@@ -8,6 +8,20 @@ wastes time and API money; bad input is quarantined by the stages rather than ra
 from __future__ import annotations
 
 
+class InputRefused(Exception):
+    """Input a stage will not use; it becomes a Quarantine row with ``reason`` and ``detail``.
+
+    Attributes:
+        reason: short machine-friendly code (the Quarantine reason).
+        detail: human-readable detail naming the item.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class TransientError(Exception):
     """Raise (or wrap) to mark a failure as worth retrying."""
 

@@ -23,11 +23,6 @@ from sightsound_core.verify import run_verify
 
 log = logging.getLogger(__name__)
 
-STAGES = (
-    "ingest", "questions", "teacher", "vote", "verify", "corpus", "sft", "grpo", "benchmarks", "evaluate", "report"
-)
-
-
 def open_store(cfg: PipelineConfig) -> ObjectStore:
     return ObjectStore(cfg.store.root, cfg.store.storage_options)
 

@@ -88,6 +88,34 @@ def stage_dir(store: ObjectStore, run: str, stage: str, stage_hash: str) -> str:
     return store.uri(run, stage, stage_hash)
 
 
+def _plan(
+    store: ObjectStore,
+    run: str,
+    stage: str,
+    config: StageConfig | dict[str, Any],
+    upstream: list[str],
+    work: list[tuple[dict[str, str], str, Any]],
+) -> StagePlan:
+    """A plan of one job per ``(inputs, input fingerprint, source)`` item, shard ``i`` for item ``i``."""
+    stage_hash = compute_stage_hash(stage, config, upstream)
+    out_dir = stage_dir(store, run, stage, stage_hash)
+    jobs = [
+        ShardJob(
+            stage=stage,
+            stage_hash=stage_hash,
+            index=i,
+            output_uri=shard_uri(out_dir, i),
+            quarantine_uri=quarantine_uri(out_dir, i),
+            inputs=inputs,
+            input_fingerprint=fingerprint,
+            source=source,
+        )
+        for i, (inputs, fingerprint, source) in enumerate(work)
+    ]
+    payload = config.hash_payload() if isinstance(config, StageConfig) else config
+    return StagePlan(run, stage, stage_hash, out_dir, jobs, payload)
+
+
 def plan_map(
     store: ObjectStore,
     run: str,
@@ -101,27 +129,20 @@ def plan_map(
     ``primary`` names the input whose shard count sets the stage's; the other inputs must have
     the same count (they are aligned by index).
     """
-    upstream = [f"{name}={ref.stage_hash}" for name, ref in sorted(inputs.items())]
-    stage_hash = compute_stage_hash(stage, config, upstream)
-    out_dir = stage_dir(store, run, stage, stage_hash)
     n = len(inputs[primary].shards)
     for name, ref in inputs.items():
         if len(ref.shards) != n:
             raise ValueError(f"{stage}: input {name} has {len(ref.shards)} shards, {primary} has {n}")
-    jobs = [
-        ShardJob(
-            stage=stage,
-            stage_hash=stage_hash,
-            index=i,
-            output_uri=shard_uri(out_dir, i),
-            quarantine_uri=quarantine_uri(out_dir, i),
-            inputs={name: ref.shards[i] for name, ref in inputs.items()},
-            input_fingerprint=digest({n_: ref.shard_fingerprints[i] for n_, ref in inputs.items()}),
+    work = [
+        (
+            {name: ref.shards[i] for name, ref in inputs.items()},
+            digest({name: ref.shard_fingerprints[i] for name, ref in inputs.items()}),
+            None,
         )
         for i in range(n)
     ]
-    payload = config.hash_payload() if isinstance(config, StageConfig) else config
-    return StagePlan(run, stage, stage_hash, out_dir, jobs, payload)
+    upstream = [f"{name}={ref.stage_hash}" for name, ref in sorted(inputs.items())]
+    return _plan(store, run, stage, config, upstream, work)
 
 
 def plan_sources(
@@ -136,23 +157,8 @@ def plan_sources(
 
     Each source must be JSON-able; its digest is the shard's input fingerprint.
     """
-    stage_hash = compute_stage_hash(stage, config, upstream or [])
-    out_dir = stage_dir(store, run, stage, stage_hash)
-    jobs = [
-        ShardJob(
-            stage=stage,
-            stage_hash=stage_hash,
-            index=i,
-            output_uri=shard_uri(out_dir, i),
-            quarantine_uri=quarantine_uri(out_dir, i),
-            inputs={},
-            input_fingerprint=digest(src),
-            source=src,
-        )
-        for i, src in enumerate(sources)
-    ]
-    payload = config.hash_payload() if isinstance(config, StageConfig) else config
-    return StagePlan(run, stage, stage_hash, out_dir, jobs, payload)
+    work = [({}, digest(src), src) for src in sources]
+    return _plan(store, run, stage, config, upstream or [], work)
 
 
 def shard_uri(out_dir: str, i: int) -> str:

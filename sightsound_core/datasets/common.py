@@ -17,11 +17,12 @@ from typing import Any, Callable
 import fsspec
 from fsspec import AbstractFileSystem
 
+from sightsound_core.errors import InputRefused
 from sightsound_core.config import IngestConfig
 from sightsound_core.schemas import Clip
 
 
-class Refused(Exception):
+class Refused(InputRefused):
     """An item ingest will not use.
 
     Attributes:
@@ -32,11 +33,6 @@ class Refused(Exception):
             ``changed_since_ingest``).
         detail: human-readable detail naming the item.
     """
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)

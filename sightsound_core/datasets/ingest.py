@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sightsound_core.errors import InputRefused
 from sightsound_core.config import IngestConfig, digest
 from sightsound_core.datasets import avqa, folder, mmau, music_avqa
 from sightsound_core.datasets.common import (
@@ -216,7 +217,7 @@ def _ingest_annotated(
                 raise Refused(*problem)
             info = _screen(cfg, root, media_uri, probed)
             clips.append(dataclasses.replace(clip, duration_s=info.duration_s))
-        except (Refused, MediaError) as exc:
+        except InputRefused as exc:
             bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
     return clips, bad
 
@@ -252,7 +253,7 @@ def _ingest_folder(
             uri = root.resolve(f["path"])
             info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio, root.storage_options)
             clips.append(folder.to_clip(f, cfg, uri, info.duration_s))
-        except (Refused, MediaError) as exc:
+        except InputRefused as exc:
             bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
     return clips, bad
 

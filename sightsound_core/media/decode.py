@@ -22,6 +22,7 @@ import fsspec
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from sightsound_core.errors import InputRefused
 from sightsound_core.config import MediaLimits
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _MAGIC = (
 _MIN_DECODED_SHARE = 0.5
 
 
-class MediaError(Exception):
+class MediaError(InputRefused):
     """Media that cannot be used.
 
     Attributes:
@@ -52,11 +53,6 @@ class MediaError(Exception):
             ``non_finite_samples``, ``duration_too_long``, ``resolution_too_large``.
         detail: human-readable detail naming the file.
     """
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from sightsound_core.config import PipelineConfig
-from sightsound_core.corpus import dataset_uri
+from sightsound_core.corpus import DATASETS, dataset_uri
 from sightsound_core.schemas import GRPOExample, SFTExample
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
@@ -134,15 +134,9 @@ def _student(cfg: PipelineConfig) -> str:
 def plan_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> StagePlan:
     payload = {"sft": cfg.sft.hash_payload(), "student": cfg.models.student}
     sources = [
-        {"variant": v, "data": corpus.shard_fingerprints[corpus_index(v)]} for v in cfg.sft.variants
+        {"variant": v, "data": corpus.shard_fingerprints[DATASETS.index(v)]} for v in cfg.sft.variants
     ]
     return plan_sources(store, cfg.run, "sft", payload, sources, [f"corpus={corpus.stage_hash}"])
-
-
-def corpus_index(name: str) -> int:
-    from sightsound_core.corpus import DATASETS
-
-    return DATASETS.index(name)
 
 
 def sft_shard(
@@ -180,7 +174,7 @@ def plan_grpo(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef, sft: St
         {
             "name": "policy",
             "init": sft.shard_fingerprints[index],
-            "data": corpus.shard_fingerprints[corpus_index("grpo")],
+            "data": corpus.shard_fingerprints[DATASETS.index("grpo")],
         }
     ]
     upstream = [f"corpus={corpus.stage_hash}", f"sft={sft.stage_hash}"]
