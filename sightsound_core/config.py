@@ -328,6 +328,16 @@ class SFTConfig(StageConfig):
     save_steps: int = runtime(200, ge=1, description="Checkpoint every N steps.")
     gradient_checkpointing: bool = runtime(False)
     bf16: bool = runtime(False, description="bf16 autocast (GPU).")
+    dataloader_workers: int = runtime(
+        0, ge=0, description="Processes building batches (audio decode, features) ahead of the "
+        "GPU; 0 builds them in the training loop. Use 2 or more on GPU workers."
+    )
+    logging_steps: int = runtime(
+        1, ge=1, description="Log the loss every N steps (each log waits for the GPU)."
+    )
+    optim: str = runtime(
+        "adamw_torch", description="transformers optimizer name; adamw_torch_fused on GPU."
+    )
 
 
 class GRPOConfig(StageConfig):
@@ -346,6 +356,9 @@ class GRPOConfig(StageConfig):
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description="None: full-parameter.")
     seed: int = Field(0)
     save_steps: int = runtime(50, ge=1)
+    bf16: bool = runtime(
+        False, description="bf16: the frozen base held in bf16 under LoRA, forwards autocast (GPU)."
+    )
 
 
 class BenchmarkConfig(StageConfig):
@@ -426,6 +439,26 @@ class ModelsConfig(StageConfig):
     device: str = runtime("auto", description="auto, cpu or cuda.")
 
 
+class LaunchConfig(StageConfig):
+    """How a training job uses the GPUs of its worker.
+
+    With ``num_processes`` above 1 each training job runs under ``accelerate launch`` (DDP, one
+    process per GPU). GRPO splits each step's prompts across processes and takes the same update
+    as one process would; SFT trains ``per_device_batch_size`` rows on each process, so its global
+    batch grows with the process count, and the count is part of the SFT stage hash.
+    """
+
+    num_processes: int = runtime(1, ge=1, description="Processes (GPUs) per training job.")
+    accelerate_config: str | None = runtime(
+        None,
+        description="accelerate config file, e.g. deployments/accelerate/ddp.yaml (SFT and GRPO) "
+        "or deployments/accelerate/zero3.yaml (SFT only); None: DDP on this machine's GPUs.",
+    )
+    main_process_port: int | None = runtime(
+        None, ge=1, le=65535, description="Rendezvous port; None picks a free one."
+    )
+
+
 class OrchestrationConfig(StageConfig):
     """How the DAG is run; none of it changes results."""
 
@@ -468,6 +501,7 @@ class PipelineConfig(StageConfig):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @field_validator("run")

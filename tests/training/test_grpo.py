@@ -103,3 +103,68 @@ def test_grpo_resumes_from_its_last_checkpoint(undecided_student, clips, tmp_pat
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
     assert resumed["history"][:2] == first["history"]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_fused_log_probs_equal_the_full_logits_ones(tiny_student, clips):
+    """The fused LM head scores only completion positions; the values must be the log-softmax of
+    the full logits divided by the temperature, and zero where the completion has ended."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sightsound_core.training.grpo import IGNORE_INDEX, _token_logps
+    from sightsound_core.training.inputs import encode_prompts, load_student
+
+    model, processor = load_student(tiny_student, "cpu")
+    batch = encode_prompts(
+        processor, [load_audio(clips[i][0]) for i in range(2)], ["What is heard?"] * 2, [list(OPTIONS)] * 2
+    )
+    prompt_len = batch["input_ids"].shape[1]
+    completion = torch.randint(10, 200, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    inputs = {
+        "input_ids": torch.cat([batch["input_ids"], completion], 1),
+        "attention_mask": torch.cat([batch["attention_mask"], mask], 1),
+        "input_features": batch["input_features"],
+        "feature_attention_mask": batch["feature_attention_mask"],
+    }
+    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits[:, prompt_len - 1 : -1].float() / 0.7
+    expected = torch.gather(torch.log_softmax(logits, -1), 2, completion[..., None]).squeeze(-1) * mask
+
+    add_fused_lm_head(model, temperature=0.7)
+    labels = torch.full_like(inputs["input_ids"], IGNORE_INDEX)
+    labels[:, prompt_len:] = completion.masked_fill(mask == 0, IGNORE_INDEX)
+    with torch.no_grad():
+        fused = _token_logps(model, inputs, labels, prompt_len)
+    assert fused.shape == expected.shape
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_split_across_processes_gets_the_single_process_update():
+    """DDP averages gradients; with the token count of every process in the denominator and the
+    world size as factor, two halves average to the whole batch's gradient."""
+    import torch
+
+    from sightsound_core.training.grpo import grpo_loss
+
+    torch.manual_seed(0)
+    rows, length = 4, 6
+    logits = torch.randn(rows, length, requires_grad=True)
+    ref = torch.randn(rows, length)
+    adv = torch.randn(rows, 1)
+    mask = torch.ones(rows, length)
+    mask[0, 2:] = 0  # the first half has fewer completion tokens than the second
+
+    def grad(part: slice, n_tokens, world):
+        logits.grad = None
+        loss, _ = grpo_loss(logits[part], ref[part], adv[part], mask[part], 0.04, 0.2, n_tokens, world)
+        loss.backward()
+        return logits.grad.clone()
+
+    whole = grad(slice(None), mask.sum(), 1)
+    halves = (grad(slice(0, 2), mask.sum(), 2) + grad(slice(2, 4), mask.sum(), 2)) / 2
+    torch.testing.assert_close(halves, whole)
+    # Normalising each half by its own tokens (the naive split) would not be the same update.
+    naive = (grad(slice(0, 2), mask[:2].sum(), 1) + grad(slice(2, 4), mask[2:].sum(), 1)) / 2
+    assert not torch.allclose(naive, whole)
