@@ -69,3 +69,17 @@ def test_gpu_pools_request_gpus_and_schedule_exists():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
     assert "gpu_count" in k8s["variables"]["properties"]
     assert any(s.get("cron") for d in _deployments() for s in d.get("schedules", []))
+
+
+def test_accelerate_configs_load_and_name_what_exists():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ddp = load_config_from_file(str(ROOT / "deployments/accelerate/ddp.yaml"))
+    assert ddp.distributed_type == "MULTI_GPU" and ddp.mixed_precision == "no"
+    zero3 = load_config_from_file(str(ROOT / "deployments/accelerate/zero3.yaml"))
+    assert zero3.distributed_type == "DEEPSPEED"
+    ds_file = ROOT / zero3.deepspeed_config["deepspeed_config_file"]
+    ds = json.loads(ds_file.read_text())
+    assert ds["zero_optimization"]["stage"] == 3
+    # The merged export gathers 16-bit weights when saving; without this flag it saves nothing usable.
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True

@@ -44,12 +44,18 @@ def trl_sft_config(cfg: SFTConfig, output_dir: str, device: str) -> Any:
         activation_checkpointing=cfg.gradient_checkpointing,
         bf16=cfg.bf16,
         use_cpu=device == "cpu",
-        logging_steps=1,
+        logging_steps=cfg.logging_steps,
+        # The NaN/inf filter reads the loss every step, which waits for the GPU every step.
+        logging_nan_inf_filter=False,
+        optim=cfg.optim,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        dataloader_num_workers=0,
+        dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_persistent_workers=cfg.dataloader_workers > 0,
+        # LoRA leaves the audio encoder frozen; DDP need not search for unused parameters.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -71,9 +77,58 @@ def _checkpoint_callback(on_checkpoint: Callable[[str], None]) -> Any:
 
     class CheckpointSaved(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            on_checkpoint(f"{args.output_dir}/checkpoint-{state.global_step}")
+            # Every rank is told; only the main one wrote the checkpoint.
+            if state.is_world_process_zero:
+                on_checkpoint(f"{args.output_dir}/checkpoint-{state.global_step}")
 
     return CheckpointSaved()
+
+
+def build_sft_trainer(
+    model_path: str,
+    examples: list[SFTExample],
+    cfg: SFTConfig,
+    output_dir: str,
+    audio_loader: Callable[[str], np.ndarray],
+    device: str = "auto",
+    on_checkpoint: Callable[[str], None] | None = None,
+) -> tuple[Any, Any]:
+    """The TRL ``SFTTrainer`` that ``train_sft`` runs, and the student's processor.
+
+    Built apart from ``train_sft`` so a benchmark times exactly the product's training path.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    if not examples:
+        raise ValueError("train_sft needs at least one example")
+    device = resolve_device(device)
+
+    # Model: a frozen base under LoRA is held in bf16 when training in bf16 (adapters stay fp32);
+    # a full fine-tune keeps fp32 master weights under autocast.
+    dtype = torch.bfloat16 if cfg.bf16 and cfg.lora is not None else torch.float32
+    model, processor = load_student(model_path, device, dtype=dtype)
+    model.config.use_cache = False
+    model = apply_lora(model, cfg.lora)
+
+    # Data
+    dataset = Dataset.from_list([e.to_row() for e in examples])
+    collator = AudioSFTCollator(processor, audio_loader, cfg.max_length)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_sft_config(cfg, output_dir, device),
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor.tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_logging_callback())
+    if on_checkpoint is not None:
+        trainer.add_callback(_checkpoint_callback(on_checkpoint))
+    return trainer, processor
 
 
 def train_sft(
@@ -89,47 +144,27 @@ def train_sft(
 
     Resumes from the last ``checkpoint-N`` in ``output_dir`` (weights, optimizer, scheduler, RNG).
     ``on_checkpoint`` is called with each checkpoint's folder once it is written (the pipeline
-    uploads it to a remote store, so another machine can resume).
+    uploads it to a remote store, so another machine can resume). Under ``accelerate launch``
+    every process trains its share of each batch (DDP) and only the main process exports.
     Returns ``{"merged": path, "steps", "loss_history": [{"step", "loss"}...], "wall_s",
-    "resumed_from"}``.
+    "resumed_from", "num_processes"}``.
     """
-    from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
-
-    if not examples:
-        raise ValueError("train_sft needs at least one example")
     started = time.perf_counter()
-    device = resolve_device(device)
-
-    # Model
-    model, processor = load_student(model_path, device)
-    model.config.use_cache = False
-    model = apply_lora(model, cfg.lora)
-
-    # Data
-    dataset = Dataset.from_list([e.to_row() for e in examples])
-    collator = AudioSFTCollator(processor, audio_loader, cfg.max_length)
-
-    # Train
-    trainer = SFTTrainer(
-        model=model,
-        args=trl_sft_config(cfg, output_dir, device),
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=processor.tokenizer,
+    trainer, processor = build_sft_trainer(
+        model_path, examples, cfg, output_dir, audio_loader, device, on_checkpoint
     )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_logging_callback())
-    if on_checkpoint is not None:
-        trainer.add_callback(_checkpoint_callback(on_checkpoint))
     resume = last_checkpoint(output_dir)
     if resume is not None:
         log.info("resuming SFT from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     # Export
-    merged = save_merged(trainer.model, processor, f"{output_dir}/merged")
+    merged = f"{output_dir}/merged"
+    if trainer.is_deepspeed_enabled:
+        _export_sharded(trainer, processor, model_path, output_dir, merged, cfg)
+    elif trainer.is_world_process_zero():
+        save_merged(trainer.model, processor, merged)
+    trainer.accelerator.wait_for_everyone()
     history = [
         {"step": int(e["step"]), "loss": float(e["loss"])}
         for e in trainer.state.log_history
@@ -143,4 +178,27 @@ def train_sft(
         "loss_history": history,
         "wall_s": wall,
         "resumed_from": str(resume) if resume else None,
+        "num_processes": int(trainer.args.world_size),
     }
+
+
+def _export_sharded(
+    trainer: Any, processor: Any, model_path: str, output_dir: str, merged: str, cfg: SFTConfig
+) -> None:
+    """Export under DeepSpeed ZeRO-3, where no process holds whole weights: every process joins
+    ``save_model`` (which gathers 16-bit weights), then the main process merges on the CPU."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    final = f"{output_dir}/final"
+    trainer.save_model(final)
+    if not trainer.is_world_process_zero():
+        return
+    if cfg.lora is None:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(final, dtype=torch.bfloat16)
+    else:
+        from peft import PeftModel
+
+        base, _ = load_student(model_path, "cpu", dtype=torch.bfloat16)
+        model = PeftModel.from_pretrained(base, final)
+    save_merged(model, processor, merged)

@@ -10,6 +10,7 @@ from the uploaded checkpoints.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -18,8 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from sightsound_core.config import PipelineConfig
+from sightsound_core.config import GRPOConfig, PipelineConfig, SFTConfig
 from sightsound_core.corpus import DATASETS, dataset_uri
+from sightsound_core.errors import TransientError
 from sightsound_core.schemas import GRPOExample, SFTExample
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
@@ -85,11 +87,8 @@ def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
     return scratch
 
 
-def checkpoint_uploader(store: ObjectStore, job: ShardJob, name: str) -> Callable[[str], None] | None:
-    """Upload each checkpoint as it is written, marker last; None on a local store (it is there)."""
-    if store.protocol == "file":
-        return None
-    base = join(job.output_uri.rsplit("/", 1)[0], name)
+def make_uploader(store: ObjectStore, base: str) -> Callable[[str], None]:
+    """Upload each local checkpoint folder under ``base``, marker last."""
 
     def upload(local_checkpoint: str) -> None:
         target = join(base, os.path.basename(local_checkpoint.rstrip("/")))
@@ -98,6 +97,108 @@ def checkpoint_uploader(store: ObjectStore, job: ShardJob, name: str) -> Callabl
         log.info("uploaded %s", target)
 
     return upload
+
+
+def checkpoint_base(store: ObjectStore, job: ShardJob, name: str) -> str | None:
+    """Where a job's checkpoints are uploaded as they are written; None on a local store (the
+    job trains inside it)."""
+    if store.protocol == "file":
+        return None
+    return join(job.output_uri.rsplit("/", 1)[0], name)
+
+
+def train_job(
+    cfg: PipelineConfig,
+    store: ObjectStore,
+    job: ShardJob,
+    name: str,
+    phase: str,
+    model_path: str,
+    examples: list[SFTExample] | list[GRPOExample],
+) -> dict[str, Any]:
+    """Train one model of a training stage, in this process or under ``accelerate launch``.
+
+    SFT that runs out of GPU memory is tried again from its last checkpoint with half the rows
+    per device and twice the accumulation: the same global batch, so the same model.
+    """
+    phase_cfg = cfg.sft if phase == "sft" else cfg.grpo
+    out = workdir(store, job, name)
+    base = checkpoint_base(store, job, name)
+    while True:
+        try:
+            metrics = _train(cfg, store, phase, phase_cfg, model_path, examples, out, base)
+            break
+        except Exception as exc:
+            smaller = smaller_batch(phase_cfg, exc) if phase == "sft" else None
+            if smaller is None:
+                raise
+            log.warning(
+                "sft ran out of GPU memory at %d rows per device; again from its last checkpoint "
+                "with %d rows x %d accumulation steps",
+                phase_cfg.per_device_batch_size, smaller.per_device_batch_size,
+                smaller.gradient_accumulation_steps,
+            )  # fmt: skip
+            phase_cfg = smaller
+            _release_gpu_memory()
+    publish(store, job, name, out)
+    return metrics
+
+
+def _train(
+    cfg: PipelineConfig,
+    store: ObjectStore,
+    phase: str,
+    phase_cfg: SFTConfig | GRPOConfig,
+    model_path: str,
+    examples: list[SFTExample] | list[GRPOExample],
+    out: str,
+    base: str | None,
+) -> dict[str, Any]:
+    if cfg.launch.num_processes > 1:
+        from sightsound_core.training.launch import launch_training
+
+        return launch_training(
+            phase, model_path, examples, phase_cfg, out, store.root, store.storage_options,
+            cfg.models.device, cfg.launch, upload_base=base,
+        )  # fmt: skip
+    from sightsound_core.training import grpo, sft
+
+    train = sft.train_sft if phase == "sft" else grpo.train_grpo
+    upload = make_uploader(store, base) if base else None
+    return train(model_path, examples, phase_cfg, out, audio_loader(store), cfg.models.device,
+                 on_checkpoint=upload)  # fmt: skip
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU out-of-memory error, raised here or reported by a launched process."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, TransientError) and ("OutOfMemoryError" in str(exc) or "out of memory" in str(exc))
+
+
+def smaller_batch(cfg: SFTConfig, exc: BaseException) -> SFTConfig | None:
+    """``cfg`` with half the rows per device and twice the accumulation, if ``exc`` is an
+    out-of-memory error and the batch can still be halved; else None.
+
+    >>> smaller_batch(SFTConfig(per_device_batch_size=4), MemoryError()) is None
+    True
+    """
+    if not is_out_of_memory(exc) or cfg.per_device_batch_size < 2 or cfg.per_device_batch_size % 2:
+        return None
+    return cfg.model_copy(
+        update={
+            "per_device_batch_size": cfg.per_device_batch_size // 2,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2,
+        }
+    )
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def publish(store: ObjectStore, job: ShardJob, name: str, local_dir: str) -> None:
@@ -131,8 +232,17 @@ def _student(cfg: PipelineConfig) -> str:
 
 
 # -- SFT -------------------------------------------------------------------------------------------
-def plan_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> StagePlan:
+def sft_payload(cfg: PipelineConfig) -> dict[str, Any]:
+    """What an SFT model depends on besides its data."""
     payload = {"sft": cfg.sft.hash_payload(), "student": cfg.models.student}
+    if cfg.launch.num_processes > 1:
+        # Each process trains per_device_batch_size rows: the global batch, so the model, changes.
+        payload["processes"] = cfg.launch.num_processes
+    return payload
+
+
+def plan_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> StagePlan:
+    payload = sft_payload(cfg)
     sources = [
         {"variant": v, "data": corpus.shard_fingerprints[DATASETS.index(v)]} for v in cfg.sft.variants
     ]
@@ -142,8 +252,6 @@ def plan_sft(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef) -> Stage
 def sft_shard(
     cfg: PipelineConfig, store: ObjectStore, job: ShardJob, corpus: StageRef
 ) -> tuple[pa.Table, None]:
-    from sightsound_core.training.sft import train_sft
-
     variant = job.source["variant"]
     examples = SFTExample.from_table(store.read_table(dataset_uri(corpus, variant)))
     if not examples:
@@ -152,10 +260,7 @@ def sft_shard(
             "(teacher agreement, label match and verification all filter)"
         )
     name = model_name(variant, job.input_fingerprint)
-    out = workdir(store, job, name)
-    metrics = train_sft(_student(cfg), examples, cfg.sft, out, audio_loader(store), cfg.models.device,
-                        on_checkpoint=checkpoint_uploader(store, job, name))
-    publish(store, job, name, out)
+    metrics = train_job(cfg, store, job, name, "sft", _student(cfg), examples)
     return log_table(metrics), None
 
 
@@ -184,17 +289,12 @@ def plan_grpo(cfg: PipelineConfig, store: ObjectStore, corpus: StageRef, sft: St
 def grpo_shard(
     cfg: PipelineConfig, store: ObjectStore, job: ShardJob, corpus: StageRef, sft: StageRef
 ) -> tuple[pa.Table, None]:
-    from sightsound_core.training.grpo import train_grpo
-
     examples = GRPOExample.from_table(store.read_table(dataset_uri(corpus, "grpo")))
     if not examples:
         raise ValueError("grpo: the corpus has no labelled prompts")
     name = model_name("policy", job.input_fingerprint)
-    out = workdir(store, job, name)
     init = model_dir(store, sft, GRPO_INIT)
-    metrics = train_grpo(init, examples, cfg.grpo, out, audio_loader(store), cfg.models.device,
-                         on_checkpoint=checkpoint_uploader(store, job, name))
-    publish(store, job, name, out)
+    metrics = train_job(cfg, store, job, name, "grpo", init, examples)
     return log_table(metrics), None
 
 

@@ -8,7 +8,7 @@ from toyworld import load_audio, sft_examples
 from sightsound_core.config import SFTConfig
 from sightsound_core.stage import ShardJob
 from sightsound_core.training.sft import train_sft
-from sightsound_core.training.stages import UPLOADED, checkpoint_uploader, workdir
+from sightsound_core.training.stages import UPLOADED, checkpoint_base, make_uploader, workdir
 
 
 class Interrupted(Exception):
@@ -25,7 +25,7 @@ def test_killed_training_resumes_on_another_machine_from_the_store(
 ):
     job, name = _job(s3_store), "cot-fp"
     cfg = SFTConfig(max_steps=4, learning_rate=1e-3, per_device_batch_size=2, save_steps=2)
-    upload = checkpoint_uploader(s3_store, job, name)
+    upload = make_uploader(s3_store, checkpoint_base(s3_store, job, name))
 
     def upload_then_die(path):
         upload(path)
@@ -50,4 +50,68 @@ def test_killed_training_resumes_on_another_machine_from_the_store(
 
 
 def test_local_store_needs_no_upload(file_store):
-    assert checkpoint_uploader(file_store, _job(file_store), "cot-fp") is None
+    assert checkpoint_base(file_store, _job(file_store), "cot-fp") is None
+
+
+def test_process_count_changes_the_sft_hash_only_where_it_changes_the_model():
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.training.stages import sft_payload
+
+    one = PipelineConfig()
+    eight = PipelineConfig.model_validate({"launch": {"num_processes": 8}})
+    port = PipelineConfig.model_validate({"launch": {"main_process_port": 29501}})
+    assert sft_payload(one) == sft_payload(port) != sft_payload(eight)
+    # GRPO splits a step's prompts across processes: the same update, the same hash.
+    assert one.grpo.hash_payload() == eight.grpo.hash_payload()
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``, which a CPU cannot raise."""
+
+
+def test_sft_out_of_memory_retries_with_the_same_global_batch(file_store, monkeypatch):
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.training import sft
+    from sightsound_core.training.stages import train_job
+
+    cfg = PipelineConfig.model_validate({"sft": {"per_device_batch_size": 4, "gradient_accumulation_steps": 1}})
+    seen = []
+
+    def fake_train(model_path, examples, phase_cfg, out, *args, **kwargs):
+        seen.append((phase_cfg.per_device_batch_size, phase_cfg.gradient_accumulation_steps))
+        if phase_cfg.per_device_batch_size > 1:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"loss_history": [{"step": 1, "loss": 1.0}]}
+
+    monkeypatch.setattr(sft, "train_sft", fake_train)
+    metrics = train_job(cfg, file_store, _job(file_store), "cot-fp", "sft", "model", [])
+    assert seen == [(4, 1), (2, 2), (1, 4)]
+    assert metrics["loss_history"][0]["loss"] == 1.0
+    assert cfg.sft.per_device_batch_size == 4  # the recipe itself is untouched
+
+
+def test_out_of_memory_at_one_row_and_other_errors_are_raised(file_store, monkeypatch):
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.training import sft
+    from sightsound_core.training.stages import train_job
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(sft, "train_sft", failing)
+    one_row = PipelineConfig.model_validate({"sft": {"per_device_batch_size": 1}})
+    with pytest.raises(OutOfMemoryError):
+        train_job(one_row, file_store, _job(file_store), "cot-fp", "sft", "model", [])
+    assert len(calls) == 1
+
+    def bug(*args, **kwargs):
+        calls.append(1)
+        raise ValueError("a bug is not retried")
+
+    monkeypatch.setattr(sft, "train_sft", bug)
+    with pytest.raises(ValueError):
+        train_job(PipelineConfig(), file_store, _job(file_store), "cot-fp", "sft", "model", [])
+    assert len(calls) == 2
