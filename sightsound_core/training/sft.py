@@ -194,11 +194,12 @@ def _export_sharded(
     trainer.save_model(final)
     if not trainer.is_world_process_zero():
         return
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     if cfg.lora is None:
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(final, dtype=torch.bfloat16)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(final, dtype=dtype)
     else:
         from peft import PeftModel
 
-        base, _ = load_student(model_path, "cpu", dtype=torch.bfloat16)
+        base, _ = load_student(model_path, "cpu", dtype=dtype)
         model = PeftModel.from_pretrained(base, final)
     save_merged(model, processor, merged)

@@ -50,3 +50,32 @@ def test_sft_resumes_from_its_last_checkpoint(tiny_student, clips, tmp_path):
     assert [h["step"] for h in result["loss_history"]] == [1, 2, 3, 4, 5, 6]
 
 
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sharded_export_gives_the_model_the_direct_merge_gives(tiny_student, clips, tmp_path, lora):
+    """Under ZeRO-3 no process holds whole weights, so the export saves (gathering them) and merges
+    on the main process from the saved files. Outside DeepSpeed the two exports must agree."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from sightsound_core.training.common import save_merged
+    from sightsound_core.training.sft import _export_sharded, build_sft_trainer
+
+    cfg = SFTConfig(max_steps=2, per_device_batch_size=2, learning_rate=1e-2, save_steps=100, warmup_ratio=0.0)
+    if not lora:
+        cfg = cfg.model_copy(update={"lora": None})
+    out = tmp_path / "sft"
+    trainer, processor = build_sft_trainer(tiny_student, sft_examples(clips[:4]), cfg, str(out), load_audio, "cpu")
+    trainer.train()
+    _export_sharded(trainer, processor, tiny_student, str(out), str(tmp_path / "sharded"), cfg)
+    save_merged(trainer.model, processor, tmp_path / "direct")
+
+    sharded = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "sharded").state_dict()
+    direct = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "direct").state_dict()
+    base = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_student).state_dict()
+    assert sharded.keys() == direct.keys()
+    for name in direct:
+        torch.testing.assert_close(sharded[name], direct[name], rtol=1e-5, atol=1e-6)
+    # Training moved the weights, so the comparison is not between two copies of the base.
+    assert any(not torch.equal(direct[n], base[n]) for n in direct)
