@@ -359,6 +359,10 @@ class GRPOConfig(StageConfig):
     bf16: bool = runtime(
         False, description="bf16: the frozen base held in bf16 under LoRA, forwards autocast (GPU)."
     )
+    micro_batch_rows: int | None = runtime(
+        None, ge=1, description="Completions scored per forward/backward; None: a process's whole "
+        "step at once. The update is the same; smaller needs less GPU memory."
+    )
 
 
 class BenchmarkConfig(StageConfig):

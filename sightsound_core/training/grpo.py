@@ -31,6 +31,7 @@ uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,6 +110,7 @@ def build_grpo_policy(
         reference, _ = load_student(model_path, str(accelerator.device), dtype=dtype)
         reference.requires_grad_(False)
         add_fused_lm_head(reference, temperature=cfg.temperature)
+    torch.manual_seed(cfg.seed)  # the adapters' initial weights
     policy = apply_lora(model, cfg.lora)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -301,29 +303,46 @@ def grpo_step(
     labels = torch.full_like(sequences, IGNORE_INDEX)
     labels[:, prompt_len:] = completion_ids.masked_fill(completion_mask == 0, IGNORE_INDEX)
     unwrapped.train()
-    logp = _token_logps(policy, inputs, labels, prompt_len)
-    ref_logp = None
-    if cfg.beta > 0:
-        with torch.no_grad():
-            if reference is not None:
-                ref_logp = _token_logps(reference, inputs, labels, prompt_len)
-            else:
-                with unwrapped.disable_adapter():
-                    ref_logp = _token_logps(unwrapped, inputs, labels, prompt_len)
 
-    # Clipped surrogate + k3 KL, normalised over the completion tokens of every process
-    mask = completion_mask.to(logp.dtype)
-    n_local = mask.sum()
-    n_tokens = _reduce_sum(accelerator, n_local.detach()).clamp(min=1)
+    # Clipped surrogate + k3 KL, normalised over the completion tokens of every process. Rows are
+    # scored micro_batch_rows at a time; each chunk's loss has the step's denominator, so the
+    # accumulated gradient is the whole step's.
+    mask = completion_mask.float()
+    n_tokens = _reduce_sum(accelerator, mask.sum()).clamp(min=1)
     world = accelerator.num_processes if accelerator is not None else 1
-    loss, kl = grpo_loss(logp, ref_logp, advantages, mask, cfg.beta, cfg.epsilon, n_tokens, world)
+    rows = sequences.shape[0]
+    chunk = min(cfg.micro_batch_rows or rows, rows)
     optimizer.zero_grad(set_to_none=True)
+    loss_sum, kl_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    for begin in range(0, rows, chunk):
+        part = slice(begin, begin + chunk)
+        part_inputs = {k: v[part] for k, v in inputs.items()}
+        ref_logp = None
+        if cfg.beta > 0:
+            with torch.no_grad():
+                if reference is not None:
+                    ref_logp = _token_logps(reference, part_inputs, labels[part], prompt_len)
+                else:
+                    with unwrapped.disable_adapter():
+                        ref_logp = _token_logps(unwrapped, part_inputs, labels[part], prompt_len)
+        last = begin + chunk >= rows
+        # Gradients are averaged across processes once, on the last chunk.
+        sync = contextlib.nullcontext() if last or accelerator is None else accelerator.no_sync(policy)
+        with sync:
+            logp = _token_logps(policy, part_inputs, labels[part], prompt_len)
+            loss, kl = grpo_loss(
+                logp, ref_logp, advantages[part], mask[part], cfg.beta, cfg.epsilon, n_tokens, world
+            )
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+        loss_sum += loss.detach()
+        kl_sum += (kl.detach() * mask[part]).sum()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     if accelerator is not None:
-        accelerator.backward(loss)
         accelerator.clip_grad_norm_(trainable, MAX_GRAD_NORM)
     else:
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
     optimizer.step()
     _synchronize(device)
@@ -342,8 +361,8 @@ def grpo_step(
         "reward_std": float(everyone["reward_std"].mean()),
         "accuracy": float(everyone["accuracy"].mean()),
         "format": float(everyone["format"].mean()),
-        "kl": float(_reduce_sum(accelerator, (kl.detach() * mask).sum()) / n_tokens),
-        "loss": float(_reduce_sum(accelerator, loss.detach()) / world),
+        "kl": float(_reduce_sum(accelerator, kl_sum) / n_tokens),
+        "loss": float(_reduce_sum(accelerator, loss_sum) / world),
         "completion_length": float(everyone["completion_length"].mean()),
         "generate_s": generated - started,
         "train_s": finished - generated,

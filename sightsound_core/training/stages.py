@@ -118,8 +118,9 @@ def train_job(
 ) -> dict[str, Any]:
     """Train one model of a training stage, in this process or under ``accelerate launch``.
 
-    SFT that runs out of GPU memory is tried again from its last checkpoint with half the rows
-    per device and twice the accumulation: the same global batch, so the same model.
+    A job that runs out of GPU memory is tried again from its last checkpoint with a smaller
+    batch and the same update: SFT with half the rows per device and twice the accumulation,
+    GRPO scoring half as many completions per forward.
     """
     phase_cfg = cfg.sft if phase == "sft" else cfg.grpo
     out = workdir(store, job, name)
@@ -129,15 +130,11 @@ def train_job(
             metrics = _train(cfg, store, phase, phase_cfg, model_path, examples, out, base)
             break
         except Exception as exc:
-            smaller = smaller_batch(phase_cfg, exc) if phase == "sft" else None
+            smaller = smaller_batch(phase_cfg, exc, cfg.launch.num_processes)
             if smaller is None:
                 raise
-            log.warning(
-                "sft ran out of GPU memory at %d rows per device; again from its last checkpoint "
-                "with %d rows x %d accumulation steps",
-                phase_cfg.per_device_batch_size, smaller.per_device_batch_size,
-                smaller.gradient_accumulation_steps,
-            )  # fmt: skip
+            log.warning("%s ran out of GPU memory; again from its last checkpoint with %s",
+                        phase, smaller.model_dump(include=_BATCH_FIELDS))  # fmt: skip
             phase_cfg = smaller
             _release_gpu_memory()
     publish(store, job, name, out)
@@ -176,14 +173,26 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) and ("OutOfMemoryError" in str(exc) or "out of memory" in str(exc))
 
 
-def smaller_batch(cfg: SFTConfig, exc: BaseException) -> SFTConfig | None:
-    """``cfg`` with half the rows per device and twice the accumulation, if ``exc`` is an
-    out-of-memory error and the batch can still be halved; else None.
+_BATCH_FIELDS = {"per_device_batch_size", "gradient_accumulation_steps", "micro_batch_rows"}
+
+
+def smaller_batch(
+    cfg: SFTConfig | GRPOConfig, exc: BaseException, num_processes: int = 1
+) -> SFTConfig | GRPOConfig | None:
+    """``cfg`` with a smaller batch and the same update, if ``exc`` is an out-of-memory error and
+    the batch can still shrink; else None. SFT: half the rows per device, twice the accumulation.
+    GRPO: half the completions scored per forward (a process scores
+    ``prompts_per_step / num_processes * num_generations`` per step).
 
     >>> smaller_batch(SFTConfig(per_device_batch_size=4), MemoryError()) is None
     True
     """
-    if not is_out_of_memory(exc) or cfg.per_device_batch_size < 2 or cfg.per_device_batch_size % 2:
+    if not is_out_of_memory(exc):
+        return None
+    if isinstance(cfg, GRPOConfig):
+        rows = cfg.micro_batch_rows or cfg.prompts_per_step // num_processes * cfg.num_generations
+        return cfg.model_copy(update={"micro_batch_rows": rows // 2}) if rows >= 2 else None
+    if cfg.per_device_batch_size < 2 or cfg.per_device_batch_size % 2:
         return None
     return cfg.model_copy(
         update={

@@ -168,3 +168,31 @@ def test_a_batch_split_across_processes_gets_the_single_process_update():
     # Normalising each half by its own tokens (the naive split) would not be the same update.
     naive = (grad(slice(0, 2), mask[:2].sum(), 1) + grad(slice(2, 4), mask[2:].sum(), 1)) / 2
     assert not torch.allclose(naive, whole)
+
+
+def test_micro_batches_take_the_same_update_as_one_batch(tiny_student, clips):
+    """Scoring a step's completions a few rows at a time (less GPU memory) must not change it."""
+    import torch
+
+    from sightsound_core.training.grpo import build_grpo_policy, grpo_step, make_accelerator
+
+    examples = grpo_examples(clips[:2])
+    waveforms = {e.audio_uri: load_audio(e.audio_uri) for e in examples}
+    results = {}
+    for rows in (None, 3):
+        cfg = GRPOConfig(
+            num_generations=4, prompts_per_step=2, max_completion_length=8, beta=0.1,
+            learning_rate=1e-2, micro_batch_rows=rows,
+        )  # fmt: skip
+        accelerator = make_accelerator("cpu", bf16=False)
+        policy, reference, processor, optimizer, *_ = build_grpo_policy(tiny_student, cfg, accelerator)
+        metrics = grpo_step(policy, reference, processor, optimizer, examples, waveforms, cfg, seed=7,
+                            accelerator=accelerator)  # fmt: skip
+        weights = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+        results[rows] = (metrics, weights)
+    (whole, w_whole), (chunked, w_chunked) = results[None], results[3]
+    assert whole["completion_length"] == chunked["completion_length"]  # the same samples
+    assert whole["loss"] == pytest.approx(chunked["loss"], rel=1e-4, abs=1e-6)
+    assert whole["kl"] == pytest.approx(chunked["kl"], rel=1e-4, abs=1e-7)
+    for name in w_whole:
+        torch.testing.assert_close(w_chunked[name], w_whole[name], rtol=1e-4, atol=1e-6)

@@ -26,7 +26,7 @@ def test_grpo_on_two_processes_splits_the_prompts_and_keeps_replicas_equal(
 ):
     cfg = GRPOConfig(
         max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, beta=0.1,
-        learning_rate=1e-3, temperature=1.0, save_steps=1,
+        learning_rate=1e-3, temperature=1.0, save_steps=1, micro_batch_rows=1,
     )  # fmt: skip
     out = tmp_path / "grpo"
     uploaded = file_store.uri("uploads")
@@ -35,7 +35,8 @@ def test_grpo_on_two_processes_splits_the_prompts_and_keeps_replicas_equal(
         LaunchConfig(num_processes=2), upload_base=uploaded,
     )  # fmt: skip
     assert result["num_processes"] == 2 and result["steps"] == 2
-    # Each process sampled one prompt; the logged metrics cover both.
+    # Each process sampled one prompt and scored its two completions one at a time (gradients
+    # synchronised on the last); the logged metrics cover both processes.
     assert [h["prompts"] for h in result["history"]] == [2.0, 2.0]
     first, second = result["replica_fingerprints"]
     assert first == second

@@ -115,3 +115,22 @@ def test_out_of_memory_at_one_row_and_other_errors_are_raised(file_store, monkey
     with pytest.raises(ValueError):
         train_job(PipelineConfig(), file_store, _job(file_store), "cot-fp", "sft", "model", [])
     assert len(calls) == 2
+
+
+def test_grpo_out_of_memory_scores_fewer_completions_per_forward(file_store, monkeypatch):
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.training import grpo
+    from sightsound_core.training.stages import train_job
+
+    cfg = PipelineConfig.model_validate({"grpo": {"prompts_per_step": 2, "num_generations": 8}})
+    seen = []
+
+    def fake_train(model_path, examples, phase_cfg, out, *args, **kwargs):
+        seen.append(phase_cfg.micro_batch_rows)
+        if phase_cfg.micro_batch_rows is None or phase_cfg.micro_batch_rows > 4:
+            raise OutOfMemoryError("CUDA out of memory")
+        return {"history": []}
+
+    monkeypatch.setattr(grpo, "train_grpo", fake_train)
+    train_job(cfg, file_store, _job(file_store), "policy-fp", "grpo", "model", [])
+    assert seen == [None, 8, 4]  # 2 prompts x 8 completions, then halves
