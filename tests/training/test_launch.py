@@ -22,8 +22,18 @@ def test_launch_command_is_ddp_unless_a_config_file_says_otherwise():
 
 
 def test_grpo_on_two_processes_splits_the_prompts_and_keeps_replicas_equal(
-    tiny_student, clips, file_store, tmp_path
+    tiny_student, clips, file_store, tmp_path, monkeypatch
 ):
+    import tempfile
+
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
     cfg = GRPOConfig(
         max_steps=2, num_generations=2, prompts_per_step=2, max_completion_length=6, beta=0.1,
         learning_rate=1e-3, temperature=1.0, save_steps=1, micro_batch_rows=1,
@@ -46,7 +56,8 @@ def test_grpo_on_two_processes_splits_the_prompts_and_keeps_replicas_equal(
     assert file_store.exists(f"{uploaded}/checkpoint-2/_UPLOADED")
     assert os.path.exists(out / "merged" / "config.json")
     # No spec (it holds the store's options) outlives the job.
-    assert not [p for p in os.listdir(os.environ.get("TMPDIR", "/tmp")) if p.startswith("sightsound-launch-")]
+    private = [d for d in made if os.path.basename(d).startswith("sightsound-launch-")]
+    assert len(private) == 1 and not os.path.exists(private[0])
 
 
 @pytest.mark.slow
