@@ -26,6 +26,11 @@ class TransientError(Exception):
     """Raise (or wrap) to mark a failure as worth retrying."""
 
 
+class OutOfMemoryError(TransientError):
+    """A GPU ran out of memory in another process (a launched training job). Named like
+    ``torch.cuda.OutOfMemoryError`` so ``is_out_of_memory`` tells both apart from other failures."""
+
+
 _TRANSIENT_NAMES = {
     # openai / httpx client errors, matched by name so core needs neither library
     "RateLimitError",
@@ -52,3 +57,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (TransientError, TimeoutError, ConnectionError)):
         return True
     return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU out-of-memory error: torch's, or ours from a launched process.
+
+    >>> is_out_of_memory(OutOfMemoryError("rank 0")), is_out_of_memory(MemoryError())
+    (True, False)
+    """
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)

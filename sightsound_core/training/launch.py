@@ -30,7 +30,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from sightsound_core.config import GRPOConfig, LaunchConfig, SFTConfig
-from sightsound_core.errors import TransientError
+from sightsound_core.errors import OutOfMemoryError
 from sightsound_core.schemas import GRPOExample, SFTExample
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def launch_training(
 
     ``upload_base``: where the main process uploads each checkpoint (None: the output folder is
     already in the store). A failed job raises ``RuntimeError`` with the end of its output, or
-    ``TransientError`` when a process ran out of GPU memory.
+    ``errors.OutOfMemoryError`` (transient) when a process ran out of GPU memory.
     """
     private = tempfile.mkdtemp(prefix="sightsound-launch-")
     os.chmod(private, 0o700)
@@ -121,7 +121,7 @@ def _run(cmd: list[str], phase: str) -> None:
     text = "\n".join(tail)
     message = f"{phase} under accelerate launch exited with {code}; last lines:\n{text}"
     if "OutOfMemoryError" in text or "CUDA out of memory" in text:
-        raise TransientError(message)
+        raise OutOfMemoryError(message)
     raise RuntimeError(message)
 
 

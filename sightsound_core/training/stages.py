@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from sightsound_core.config import GRPOConfig, PipelineConfig, SFTConfig
 from sightsound_core.corpus import DATASETS, dataset_uri
-from sightsound_core.errors import TransientError
+from sightsound_core.errors import is_out_of_memory
 from sightsound_core.schemas import GRPOExample, SFTExample
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
@@ -164,13 +164,6 @@ def _train(
     upload = make_uploader(store, base) if base else None
     return train(model_path, examples, phase_cfg, out, audio_loader(store), cfg.models.device,
                  on_checkpoint=upload)  # fmt: skip
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A GPU out-of-memory error, raised here or reported by a launched process."""
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
-        return True
-    return isinstance(exc, TransientError) and ("OutOfMemoryError" in str(exc) or "out of memory" in str(exc))
 
 
 _BATCH_FIELDS = {"per_device_batch_size", "gradient_accumulation_steps", "micro_batch_rows"}

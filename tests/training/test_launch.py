@@ -83,3 +83,18 @@ def test_a_failed_job_raises_with_its_output(tiny_student, clips, file_store, tm
             "grpo", tiny_student, grpo_examples(clips[:4]), cfg, str(tmp_path), file_store.root, {}, "cpu",
             LaunchConfig(num_processes=2),
         )  # fmt: skip
+
+
+def test_a_launched_process_out_of_gpu_memory_is_a_transient_out_of_memory_error():
+    import sys
+
+    from sightsound_core.errors import OutOfMemoryError, is_out_of_memory, is_transient
+    from sightsound_core.training.launch import _run
+
+    oom = "print('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'); raise SystemExit(1)"
+    with pytest.raises(OutOfMemoryError) as caught:
+        _run([sys.executable, "-c", oom], "sft")
+    assert is_out_of_memory(caught.value) and is_transient(caught.value)
+    with pytest.raises(RuntimeError) as other:
+        _run([sys.executable, "-c", "raise SystemExit(3)"], "sft")
+    assert not is_out_of_memory(other.value) and "exited with 3" in str(other.value)
