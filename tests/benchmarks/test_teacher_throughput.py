@@ -37,7 +37,8 @@ def test_throughput_accounting(smoke):
     for name in ("shared_prefill_eager", "stock_generate"):
         entry = smoke[name]
         assert entry["tok_s"] > 0
-        assert entry["ratio_to_bound"] == pytest.approx(entry["tok_s"] / smoke["bound_tok_s"], rel=1e-2)
-    assert smoke["speedup_vs_stock"] == pytest.approx(
-        smoke["shared_prefill_eager"]["tok_s"] / smoke["stock_generate"]["tok_s"], rel=1e-2
+        # The report rounds ratios to 4 places: on CPU they are ~0.004, where that is over 1%.
+        assert entry["ratio_to_bound"] == pytest.approx(entry["tok_s"] / smoke["bound_tok_s"], rel=1e-2, abs=5e-5)
+    assert smoke["speedup_vs_stock"] == pytest.approx(  # rounded to 2 places
+        smoke["shared_prefill_eager"]["tok_s"] / smoke["stock_generate"]["tok_s"], rel=1e-2, abs=5e-3
     )
