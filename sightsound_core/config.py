@@ -81,8 +81,17 @@ class StoreConfig(StageConfig):
 
 
 class SyntheticConfig(StageConfig):
-    """The procedural audio-visual world (see sightsound_core.datasets.synthetic)."""
+    """The procedural audio-visual world (see sightsound_core.datasets.synthetic).
 
+    ``world: v2`` (the default) is the instrument world: each instrument has its own look and its
+    own sound, so a vision model can reason about what is heard. ``v1`` is the older world whose
+    sounds are drawn independently of every look.
+    """
+
+    world: Literal["v1", "v2"] = Field(
+        "v2", description="v2: instruments with a fixed look and sound (three evidence tiers); "
+        "v1: coloured shapes whose sounds are independent of their looks."
+    )
     n_clips: int = Field(64, ge=1, description="Clips to generate (one question each).")
     seed: int = Field(0, description="World seed: same seed, same clips, same files.")
     duration_s: float = Field(2.0, gt=0.2, le=60, description="Clip length in seconds.")
@@ -90,9 +99,27 @@ class SyntheticConfig(StageConfig):
     size: int = Field(96, ge=32, le=1024, description="Square video side in pixels.")
     max_sources: int = Field(3, ge=1, le=6, description="Most sound sources in one clip.")
     acoustic_fraction: float = Field(
-        0.5, ge=0, le=1, description="Share of acoustic-only questions (the rest visual-correlate)."
+        0.5, ge=0, le=1, description="v1: share of acoustic-only questions (the rest visual-correlate)."
     )
     split: str = Field("train", description="Split name written on the clips.")
+    tiers: dict[str, float] = Field(
+        default_factory=lambda: {"visible": 0.5, "partial": 0.25, "invisible": 0.25},
+        description="v2: share of questions per evidence tier (visible correlates, partial "
+        "correlates, invisible properties); normalised.",
+    )
+    partial_rate: float = Field(
+        0.8, ge=0, le=1,
+        description="v2: fraction of tonal instruments whose pitch follows their size (large "
+        "sounds low, small sounds high); the rest sound the other way.",
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _known_tiers(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - {"visible", "partial", "invisible"}
+        if unknown or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("tiers: weights >= 0 for visible / partial / invisible, not all zero")
+        return v
 
 
 class MediaLimits(StageConfig):

@@ -1,6 +1,33 @@
 """The synthetic audio-visual world: procedural clips with one multiple-choice question each.
 
-A clip holds 1..max_sources sound sources that play one after another, separated by short
+Two worlds share the renderer. **v2** (the default, ``synthetic-v2``) is the instrument world,
+built to have the structure the paper relies on; **v1** (``synthetic-v1``) is kept selectable.
+
+World v2. Five instruments, each with its own look and its own sound (``INSTRUMENTS``):
+
+    drum       red circle       noise burst
+    flute      cyan triangle    pure tone
+    organ      green square     chord (major triad)
+    whistle    yellow diamond   chirp (frequency sweep up or down)
+    metronome  orange square    pulse train (slow 3.5-4.5 or fast 9-11 pulses a second)
+
+A clip holds 1..max_sources distinct instruments that play one after another (each on screen
+exactly while it sounds). Its question comes from one of three evidence tiers, drawn with
+``SyntheticConfig.tiers`` (default 0.5 / 0.25 / 0.25):
+
+- *visible correlates* (family ``visible``): which instrument is heard, how many, which first.
+  The frames answer them; so does the audio.
+- *partial correlates* (family ``partial``): whether a tonal instrument (flute, organ, metronome)
+  sounds high (700-1400 Hz) or low (150-300 Hz). Size predicts pitch in ``partial_rate`` of
+  sources (default 0.8: large, radius >= 0.19 of the frame, sounds low; small sounds high), and
+  the other way round in the rest. A clip with no tonal instrument asks a visible question.
+- *invisible properties* (family ``invisible``): the loudness trend of any instrument (rising,
+  falling, steady) and the metronome's tempo, drawn independently of every pixel.
+
+Questions name instruments, never colours. These parameters were fixed before any measurement
+was made on this world, and are not tuned to make a result appear.
+
+World v1. A clip holds 1..max_sources sound sources that play one after another, separated by short
 silences. Each source is drawn as a coloured shape that is on screen exactly while it sounds, so
 *which* objects sound, *how many* and *which first* can be seen; *how* they sound (pitch, pulse
 tempo, loudness trend, timbre) is drawn independently of every visual attribute (shape, colour,
@@ -12,7 +39,7 @@ pixels, samples, question and options, whichever shard or process produces it.
 The ground truth goes into ``Clip.meta`` (JSON) for labels and for measuring the verifier:
 
     meta = {
-      "world": "synthetic-v1", "index": int, "size": px, "fps": video fps, "sample_rate": Hz,
+      "world": "synthetic-v1" | "synthetic-v2", "index": int, "size": px, "fps": video fps, "sample_rate": Hz,
       "target": index into sources of the object the question is about, or null,
       "sources": [{
         "name": "the red circle", "colour", "shape",
@@ -23,8 +50,11 @@ The ground truth goes into ``Clip.meta`` (JSON) for labels and for measuring the
         "pitch": very low | low | high | very high | null,
         "chirp_hz": [start, end] (chirp only), "tempo_hz": pulses per second (pulses only),
         "tempo": slow | fast | null, "loudness": rising | falling | steady, "gain": linear peak,
+        v2 only: "instrument": name, "large": bool (radius >= 0.19 of the side),
       }, ...]
     }
+
+In v2, ``name`` is ``the {instrument}`` and ``pitch`` is ``low`` or ``high``.
 """
 
 from __future__ import annotations
@@ -97,6 +127,26 @@ GAP_MIN = 0.2
 VISUAL_KINDS = ("which_object", "count", "first_onset")
 ACOUSTIC_KINDS = ("pitch", "tempo", "loudness", "timbre")
 
+# World v2: instrument -> (colour, shape, sound kind). Public knowledge: what an instrument looks
+# and sounds like, as a vision-language model knows it.
+WORLD_V2 = "synthetic-v2"
+INSTRUMENTS: dict[str, tuple[str, str, str]] = {
+    "drum": ("red", "circle", "noise"),
+    "flute": ("cyan", "triangle", "tone"),
+    "organ": ("green", "square", "chord"),
+    "whistle": ("yellow", "diamond", "chirp"),
+    "metronome": ("orange", "square", "pulses"),
+}
+TIERS = ("visible", "partial", "invisible")
+TIER_KINDS = {
+    "visible": ("which_instrument", "count", "first_onset"),
+    "partial": ("pitch",),
+    "invisible": ("loudness", "tempo"),
+}
+V2_PITCH: dict[str, tuple[float, float]] = {"low": (150.0, 300.0), "high": (700.0, 1400.0)}
+V2_TEMPO: dict[str, tuple[float, float]] = {"slow": (3.5, 4.5), "fast": (9.0, 11.0)}
+LARGE_RADIUS = 0.19  # radii are uniform on [0.12, 0.26]: half the instruments are large
+
 
 @dataclasses.dataclass
 class Source:
@@ -117,10 +167,15 @@ class Source:
     chirp_hz: tuple[float, float] | None = None
     tempo_hz: float | None = None
     tempo: str | None = None
+    instrument: str | None = None
 
     @property
     def name(self) -> str:
-        return object_name(self.colour, self.shape)
+        return f"the {self.instrument}" if self.instrument else object_name(self.colour, self.shape)
+
+    @property
+    def large(self) -> bool:
+        return self.radius >= LARGE_RADIUS
 
 
 @dataclasses.dataclass
@@ -150,7 +205,8 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([index, seed % (1 << 32), 0x5157])
 
 
-def _draw_sources(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Source]:
+def _timeline(cfg: SyntheticConfig, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """(onset, offset) of each source: lead silence, sources, gaps, tail, slack split at random."""
     duration = cfg.duration_s
     dur_min = min(DUR_MIN, 0.8 * duration)
     n_max = max(1, min(cfg.max_sources, int((duration + GAP_MIN) // (dur_min + GAP_MIN))))
@@ -165,6 +221,12 @@ def _draw_sources(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Source
         length = dur_min + float(parts[1 + i])
         spans.append((t, min(duration, t + length)))
         t += length + (GAP_MIN + float(parts[n + 1 + i]) if i < n - 1 else 0.0)
+    return spans
+
+
+def _draw_sources(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Source]:
+    spans = _timeline(cfg, rng)
+    n = len(spans)
 
     # Visual attributes: unique colours (one object per colour), shapes, sizes, positions.
     colours = rng.choice(list(COLOURS), size=n, replace=False)
@@ -209,6 +271,86 @@ def _draw_sources(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Source
             ends = (round(low, 2), round(high, 2))
             src.chirp_hz = ends if rng.random() < 0.5 else ends[::-1]
     return sources
+
+
+def _draw_instruments(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Source]:
+    """World v2: distinct instruments on a timeline; pitch follows size in ``partial_rate``."""
+    spans = _timeline(cfg, rng)
+    names = rng.choice(list(INSTRUMENTS), size=min(len(spans), len(INSTRUMENTS)), replace=False)
+    sources = []
+    for (onset, offset), name in zip(spans, names):
+        colour, shape, kind = INSTRUMENTS[str(name)]
+        radius = float(rng.uniform(0.12, 0.26))
+        src = Source(
+            colour=colour,
+            shape=shape,
+            cx=float(rng.uniform(radius, 1 - radius)),
+            cy=float(rng.uniform(radius, 1 - radius)),
+            radius=radius,
+            onset=round(onset, 4),
+            offset=round(offset, 4),
+            kind=kind,
+            gain=float(rng.uniform(0.3, 0.5)),
+            loudness=str(rng.choice(LOUDNESS_TRENDS)),
+            instrument=str(name),
+        )
+        if kind in TONAL:
+            follows = rng.random() < cfg.partial_rate
+            src.pitch = ("low" if src.large else "high") if follows else ("high" if src.large else "low")
+            lo, hi = V2_PITCH[src.pitch]
+            src.f0 = round(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), 2)
+        if kind == "pulses":
+            src.tempo = str(rng.choice(list(V2_TEMPO)))
+            src.tempo_hz = round(float(rng.uniform(*V2_TEMPO[src.tempo])), 3)
+        if kind == "chirp":
+            low = float(rng.uniform(250.0, 450.0))
+            ends = (round(low, 2), round(low * float(rng.uniform(3.0, 5.0)), 2))
+            src.chirp_hz = ends if rng.random() < 0.5 else ends[::-1]
+        sources.append(src)
+    return sources
+
+
+def _instrument_question(
+    sources: list[Source], tier: str, rng: np.random.Generator, max_sources: int
+) -> tuple[str, list[str], str, str, str, int | None]:
+    """(question, options, label, family, category, target index) for one v2 clip."""
+    n = len(sources)
+    tonal = [i for i, s in enumerate(sources) if s.kind in TONAL]
+    if tier == "partial" and not tonal:
+        tier = "visible"  # no tonal instrument to ask about: documented in the module docstring
+    present = [s.instrument for s in sources]
+    absent = [name for name in INSTRUMENTS if name not in present]
+    if tier == "visible":
+        kind = str(rng.choice([k for k in TIER_KINDS["visible"] if k != "first_onset" or n >= 2]))
+        if kind == "which_instrument":
+            target = int(rng.integers(n))
+            picked = [str(x) for x in rng.choice(absent, size=min(3, len(absent)), replace=False)]
+            options = _shuffled([present[target], *picked], rng)
+            return ("Which of these instruments can be heard in the clip?", options, present[target],
+                    tier, kind, target)  # fmt: skip
+        if kind == "count":
+            options = [str(v) for v in range(1, max(4, max_sources) + 1)]
+            return "How many instruments can be heard in the clip?", options, str(n), tier, kind, None
+        first = min(range(n), key=lambda i: sources[i].onset)
+        fill = [str(x) for x in rng.choice(absent, size=max(0, min(4 - n, len(absent))), replace=False)]
+        options = _shuffled([*present, *fill], rng)
+        return "Which instrument is heard first?", options, present[first], tier, kind, first
+    if tier == "partial":
+        target = int(rng.choice(tonal))
+        src = sources[target]
+        question = f"Does the {src.instrument} sound high or low?"
+        return question, _shuffled(["high", "low"], rng), src.pitch, tier, "pitch", target
+    metronome = [i for i, s in enumerate(sources) if s.kind == "pulses"]
+    kind = str(rng.choice(["loudness", "tempo"] if metronome else ["loudness"]))
+    if kind == "tempo":
+        target = metronome[0]
+        options = _shuffled(list(V2_TEMPO), rng)
+        return "Are the ticks of the metronome slow or fast?", options, sources[target].tempo, tier, kind, target
+    target = int(rng.integers(n))
+    src = sources[target]
+    options = _shuffled(list(LOUDNESS_TEXT.values()), rng)
+    question = f"How does the loudness of the {src.instrument} change?"
+    return question, options, LOUDNESS_TEXT[src.loudness], tier, kind, target
 
 
 def _mask(src: Source, size: int, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -357,7 +499,9 @@ def _shuffled(options: list[str], rng: np.random.Generator) -> list[str]:
 def _source_meta(src: Source, size: int, mask: np.ndarray) -> dict[str, Any]:
     ys, xs = np.nonzero(mask)
     bbox = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else [0, 0, 0, 0]
+    extra = {"instrument": src.instrument, "large": src.large} if src.instrument else {}
     return {
+        **extra,
         "name": src.name,
         "colour": src.colour,
         "shape": src.shape,
@@ -379,14 +523,22 @@ def _source_meta(src: Source, size: int, mask: np.ndarray) -> dict[str, Any]:
 def synthesize(cfg: SyntheticConfig, index: int) -> Scene:
     """Render clip ``index`` of the world ``cfg`` in memory (no file written, URIs empty)."""
     rng = _rng(cfg.seed, index)
-    sources = _draw_sources(cfg, rng)
-    family = "acoustic" if rng.random() < cfg.acoustic_fraction else "visual"
-    question, options, label, category, target = _question(sources, family, rng, cfg.max_sources)
+    if cfg.world == "v2":
+        sources = _draw_instruments(cfg, rng)
+        weights = np.array([cfg.tiers.get(t, 0.0) for t in TIERS])
+        tier = str(rng.choice(TIERS, p=weights / weights.sum()))
+        question, options, label, family, category, target = _instrument_question(
+            sources, tier, rng, cfg.max_sources
+        )
+    else:
+        sources = _draw_sources(cfg, rng)
+        family = "acoustic" if rng.random() < cfg.acoustic_fraction else "visual"
+        question, options, label, category, target = _question(sources, family, rng, cfg.max_sources)
     frames, masks = _render_frames(cfg, sources)
     audio = _render_audio(cfg, sources, rng)
     size = frames.shape[1]
     meta = {
-        "world": WORLD,
+        "world": WORLD_V2 if cfg.world == "v2" else WORLD,
         "index": index,
         "size": size,
         "fps": cfg.fps,

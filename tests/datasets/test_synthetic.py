@@ -1,4 +1,4 @@
-"""The synthetic world: determinism, honest rendering, acoustics independent of looks, real mp4 files."""
+"""The synthetic world v1: determinism, honest rendering, acoustics independent of looks, real mp4 files."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from sightsound_core.datasets.synthetic import (
 )
 from sightsound_core.media.decode import load_audio, load_frames, probe
 
-CFG = SyntheticConfig(n_clips=64, seed=7)
+CFG = SyntheticConfig(n_clips=64, seed=7, world="v1")
 
 
 def test_same_seed_same_clip_other_seed_other_clip():
@@ -84,7 +84,7 @@ def test_shapes_are_visible_exactly_while_they_sound():
 
 def test_acoustics_are_independent_of_looks():
     """Contingency tests over many draws: no visual attribute predicts an acoustic one."""
-    cfg = SyntheticConfig(seed=11)
+    cfg = SyntheticConfig(seed=11, world="v1")
     rows = []
     for i in range(3000):
         rows.extend(_draw_sources(cfg, _rng(cfg.seed, i)))
