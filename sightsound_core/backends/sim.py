@@ -11,6 +11,14 @@ visual questions and not on acoustic ones, and it states false sound facts with 
 spectral flatness, pulse rate), finds the sound claims in a trace and lists those the recording
 does not support. Its reply goes through ``parse_verdict`` like any real backend's.
 
+In the instrument world (synthetic v2) the same two simulators speak of instruments: the teacher
+recognises each instrument by its look, knows the sound it makes, reads size as a hint of pitch
+(right in about 80% of sources, the world's partial correlate) and can only guess loudness and
+tempo; its list of what it sees ("the drum (visible from about 0.2 s to 0.9 s)") is itself a
+sound claim, that a drum sounds then, which the verifier checks against the heard event's timbre.
+The teacher tells the worlds apart by the question's words (instrument names), as a real model
+answers in the terms it is asked in.
+
 Neither reads ``Clip.meta``. Claims are written in one controlled phrasing (``CLAIM_PATTERNS``) so
 that the verifier and ``planted_hallucination`` (the ground-truth check used to measure the
 verifier) find exactly the claims the teacher wrote.
@@ -38,10 +46,13 @@ from sightsound_core.backends.base import (
 from sightsound_core.datasets.synthetic import (
     BACKGROUND,
     COLOURS,
+    INSTRUMENTS,
+    LARGE_RADIUS,
     LOUDNESS_TEXT,
     PITCH_BANDS,
     SHAPES,
     TIMBRE_TEXT,
+    TONAL,
     object_name,
 )
 from sightsound_core.prompts import teacher_user_text
@@ -53,7 +64,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # The claim language shared by the teacher (writes it), the verifier and the ground-truth check.
 
-_OBJ = r"(the (?:{}) (?:{}))".format("|".join(COLOURS), "|".join(SHAPES))
+_INSTRUMENT_NAMES = "|".join(INSTRUMENTS)
+_OBJ = r"(the (?:{}) (?:{})|the (?:{}))".format("|".join(COLOURS), "|".join(SHAPES), _INSTRUMENT_NAMES)
+# v2: an instrument of the world (its name after "the") -> the sound kind it makes.
+INSTRUMENT_KIND = {f"the {name}": kind for name, (_, _, kind) in INSTRUMENTS.items()}
 _BANDS = "|".join(sorted(PITCH_BANDS, key=len, reverse=True))  # "very low" before "low"
 LOUDNESS_PHRASE = {
     "rising": "gets louder toward the end",
@@ -70,6 +84,11 @@ CLAIM_PATTERNS: dict[str, re.Pattern[str]] = {
     "tempo": re.compile(rf"\bthe pulses of {_OBJ} are (slow|fast)\b", re.IGNORECASE),
     "loudness": re.compile(rf"\b{_OBJ} ({'|'.join(LOUDNESS_PHRASE.values())})", re.IGNORECASE),
     "timbre": re.compile(rf"\b{_OBJ} sounds like an? ({'|'.join(TIMBRE_TEXT.values())})\b", re.IGNORECASE),
+    # v2: naming an instrument with the time it is visible claims its sound is heard then.
+    "presence": re.compile(
+        rf"\b(the (?:{_INSTRUMENT_NAMES})) (\(visible from about \d+(?:\.\d+)? s to \d+(?:\.\d+)? s\))",
+        re.IGNORECASE,
+    ),
 }
 _WINDOW = re.compile(rf"{_OBJ} \(visible from about (\d+(?:\.\d+)?) s to (\d+(?:\.\d+)?) s\)", re.IGNORECASE)
 _QUESTION_OBJ = re.compile(_OBJ, re.IGNORECASE)
@@ -83,11 +102,13 @@ class Claim:
     """One checkable statement about the sound.
 
     Attributes:
-        kind: count | first_onset | pitch | tempo | loudness | timbre.
+        kind: count | first_onset | pitch | tempo | loudness | timbre | presence (v2: the
+            instrument's own sound is heard while it is visible).
         text: the exact words in the trace (what the verifier lists when unsupported).
         obj: the object it is about (``the red circle``), None for count / first_onset.
-        value: count (int as str), onset seconds (as str), pitch band, slow/fast, loudness trend
-            (rising/falling/steady) or sound kind (tone/chord/noise/chirp/pulses).
+        value: count (int as str), onset seconds (as str), pitch band (v2: low/high), slow/fast,
+            loudness trend (rising/falling/steady) or sound kind (tone/chord/noise/chirp/pulses;
+            for presence, the instrument's kind).
     """
 
     kind: str
@@ -113,6 +134,8 @@ def extract_claims(trace: str) -> list[Claim]:
                     value = _PHRASE_TREND[value]
                 elif kind == "timbre":
                     value = _TIMBRE_KIND[value]
+                elif kind == "presence":
+                    value = INSTRUMENT_KIND[obj]
             found.append((m.start(), Claim(kind, m.group(0), obj, value)))
     return [c for _, c in sorted(found, key=lambda x: x[0])]
 
@@ -288,6 +311,63 @@ def _why(kind: str, name: str, obj: SeenObject | None, value: str, guessed: bool
     return f"A {shape} like this usually makes that kind of sound: {claim}."
 
 
+_INSTRUMENT_BY_COLOUR = {colour: name for name, (colour, _, _) in INSTRUMENTS.items()}
+_INSTRUMENT_WORDS = re.compile(rf"\b(?:instruments?|{_INSTRUMENT_NAMES})\b", re.IGNORECASE)
+# Area of each instrument's shape as a multiple of radius squared (see synthetic._mask).
+_SHAPE_AREA = {"circle": float(np.pi), "square": 1.7**2, "triangle": 1.8, "diamond": 2.0}
+_V2_GUESSES = {"pitch": ["low", "high"], "tempo": ["slow", "fast"], "loudness": list(LOUDNESS_PHRASE)}
+
+
+def asks_about_instruments(clip: Clip) -> bool:
+    """Whether a question is in the instrument world's terms (synthetic v2)."""
+    return bool(_INSTRUMENT_WORDS.search(" ".join([clip.question, *clip.options])))
+
+
+def _instrument_name(obj: SeenObject) -> str:
+    return f"the {_INSTRUMENT_BY_COLOUR[obj.colour]}"
+
+
+def _looks_large(obj: SeenObject) -> bool:
+    """Size from the seen area and the instrument's known shape."""
+    shape = INSTRUMENTS[_INSTRUMENT_BY_COLOUR[obj.colour]][1]
+    return float(np.sqrt(obj.area / _SHAPE_AREA[shape])) >= LARGE_RADIUS
+
+
+def _instrument_prior(kind: str, obj: SeenObject | None) -> str:
+    """What the look suggests: large sounds low (right in about 80% of sources); loudness from
+    where it sits and tempo from its size (no better than chance)."""
+    if obj is None:
+        return {"pitch": "low", "tempo": "slow", "loudness": "steady"}[kind]
+    if kind == "pitch":
+        return "low" if _looks_large(obj) else "high"
+    if kind == "tempo":
+        return "slow" if _looks_large(obj) else "fast"
+    return "rising" if obj.cy < 0.4 else "falling" if obj.cy > 0.6 else "steady"
+
+
+def _instrument_why(kind: str, name: str, obj: SeenObject | None, value: str, guessed: bool) -> str:
+    claim = claim_text(kind, name, value)
+    if guessed or obj is None:
+        return f"Nothing in the picture settles this, but I am fairly sure {claim}."
+    size = "large" if _looks_large(obj) else "small"
+    if kind == "pitch":
+        return f"{name.capitalize()} looks {size}, and {size} instruments sound {'low' if size == 'large' else 'high'}, so {claim}."
+    if kind == "tempo":
+        return f"{name.capitalize()} looks {size}, so it should tick {'slowly' if size == 'large' else 'quickly'}: {claim}."
+    return f"From where {name} sits in the frame, I think {claim}."
+
+
+def _instrument_answer(clip: Clip, seen: list[str], count: int, rng: np.random.Generator) -> str:
+    if clip.category == "count":
+        candidates = [o for o in clip.options if o == str(count)]
+    elif clip.category == "first_onset":
+        candidates = [o for o in clip.options if seen and o == seen[0]]
+    else:
+        candidates = [o for o in clip.options if o in seen]
+    pool = candidates if candidates else clip.options
+    return str(pool[int(rng.integers(len(pool)))])
+
+
 class SimTeacher:
     """Vision-only teacher over silent frames (implements ``TeacherBackend``).
 
@@ -333,6 +413,8 @@ class SimTeacher:
         return results
 
     def _trace(self, req: TeacherRequest, seen: list[SeenObject], rng: np.random.Generator) -> str:
+        if asks_about_instruments(req.clip):
+            return self._instrument_trace(req, seen, rng)
         clip = req.clip
         slip, guess, side = self._rates()
         belief = [dataclasses.replace(o) for o in seen]
@@ -392,6 +474,64 @@ class SimTeacher:
             answer = self._visual_answer(clip, belief, count, rng)
         think = " ".join(lines)
         return f"<think>{think}</think><answer>{answer}</answer>"
+
+    def _instrument_trace(self, req: TeacherRequest, seen: list[SeenObject], rng: np.random.Generator) -> str:
+        """A trace about the instrument world: what is seen, the sounds that implies, and a
+        visual prior or a guess for what cannot be seen."""
+        clip = req.clip
+        slip, guess, side = self._rates()
+        belief = [o for o in seen if o.colour in _INSTRUMENT_BY_COLOUR]
+        extra = 0
+        notes: list[str] = []
+        if belief and rng.random() < slip:
+            error = str(rng.choice(["miss", "extra", "order"]))
+            if error == "miss" and len(belief) > 1:
+                belief.pop(int(rng.integers(len(belief))))
+            elif error == "extra":
+                extra = 1
+                notes.append("One more instrument seems to flicker briefly at the edge of the frame.")
+            elif error == "order" and len(belief) > 1:
+                belief = [dataclasses.replace(o) for o in belief]
+                belief[0].onset, belief[1].onset = belief[1].onset, belief[0].onset
+                belief.sort(key=lambda o: o.onset)
+
+        # What is visible, and the sounds it implies
+        names = [_instrument_name(o) for o in belief]
+        if belief:
+            listed = " and ".join(
+                f"{n} (visible from about {o.onset:.1f} s to {o.offset:.1f} s)" for n, o in zip(names, belief)
+            )
+            lines = [f"I see {listed}."]
+        else:
+            lines = ["I cannot make out any instrument."]
+        lines.extend(notes)
+        count = len(belief) + extra
+        plural = "s" if count != 1 else ""
+        lines.append(f"Each instrument sounds only while it is visible, so I expect {count} distinct sound{plural}.")
+        if belief and (clip.category == "first_onset" or rng.random() < 0.5):
+            lines.append(f"The first sound starts at about {belief[0].onset:.1f} s, when {names[0]} appears.")
+
+        # Answer: visible questions from the frames, pitch from size, the rest by a guess
+        category = clip.category
+        named = _QUESTION_OBJ.search(clip.question)
+        target_name = named.group(1).lower() if named else None
+        target = next((o for n, o in zip(names, belief) if n == target_name), None)
+        if category in ("pitch", "loudness", "tempo"):
+            # Size is a strong cue for pitch: the prior is used unless the sample wanders off.
+            guessed = rng.random() < (slip if category == "pitch" else guess)
+            value = str(rng.choice(_V2_GUESSES[category])) if guessed else _instrument_prior(category, target)
+            lines.append(_instrument_why(category, target_name or "the instrument", target, value, guessed))
+            answer = match_option(_option_text(category, value), clip.options) or str(rng.choice(clip.options))
+        else:
+            if belief and rng.random() < side:
+                i = int(rng.integers(len(belief)))
+                kinds = ["loudness"] + (["pitch"] if INSTRUMENT_KIND[names[i]] in TONAL else [])
+                kinds += ["tempo"] if INSTRUMENT_KIND[names[i]] == "pulses" else []
+                kind = str(rng.choice(kinds))
+                value = _instrument_prior(kind, belief[i]) if kind == "pitch" else str(rng.choice(_V2_GUESSES[kind]))
+                lines.append(f"Judging by its look, {claim_text(kind, names[i], value)}.")
+            answer = _instrument_answer(clip, [n.removeprefix("the ") for n in names], count, rng)
+        return f"<think>{' '.join(lines)}</think><answer>{answer}</answer>"
 
     @staticmethod
     def _visual_answer(clip: Clip, belief: list[SeenObject], count: int, rng: np.random.Generator) -> str:
@@ -600,8 +740,21 @@ def _event_for(obj: str, windows: dict[str, tuple[float, float]], events: list[H
     return events[int(np.argmax(overlaps))]
 
 
-def _property(event: HeardEvent, kind: str) -> str | None:
-    return {"pitch": event.pitch, "tempo": event.tempo, "loudness": event.loudness, "timbre": event.kind}[kind]
+def coarse_pitch(band: str | None) -> str | None:
+    """The instrument world's two pitch classes from a heard band.
+
+    >>> coarse_pitch("very low"), coarse_pitch("high"), coarse_pitch(None)
+    ('low', 'high', None)
+    """
+    return None if band is None else ("low" if band.endswith("low") else "high")
+
+
+def _property(event: HeardEvent, kind: str, obj: str | None = None) -> str | None:
+    if kind == "pitch" and obj in INSTRUMENT_KIND:
+        return coarse_pitch(event.pitch)
+    if kind in ("timbre", "presence"):
+        return event.kind
+    return {"pitch": event.pitch, "tempo": event.tempo, "loudness": event.loudness}[kind]
 
 
 def check_claims(trace: str, events: list[HeardEvent]) -> list[str]:
@@ -617,12 +770,24 @@ def check_claims(trace: str, events: list[HeardEvent]) -> list[str]:
             event = _event_for(claim.obj, windows, events)
             if event is None and claim.obj not in windows:
                 # Not tied to a time: supported if any sound has the property.
-                ok = any(_property(e, claim.kind) == claim.value for e in events)
+                ok = any(_property(e, claim.kind, claim.obj) == claim.value for e in events)
             else:
-                ok = event is not None and _property(event, claim.kind) == claim.value
+                ok = event is not None and _property(event, claim.kind, claim.obj) == claim.value
         if not ok:
             unsupported.append(claim.text)
     return unsupported
+
+
+def claim_support(text: str, audio: np.ndarray, sample_rate: int = 16000) -> tuple[int, int]:
+    """(sound claims in ``text``, claims the waveform contradicts), by the verifier's analysis.
+
+    The report's student hallucination rate: the same check AGFV applies to the teacher's
+    traces, applied to what a trained student writes about a held-out clip.
+    """
+    claims = extract_claims(text)
+    if not claims:
+        return 0, 0
+    return len(claims), len(check_claims(text, analyse_audio(np.asarray(audio, np.float32), sample_rate)))
 
 
 class SimVerifier:
@@ -670,11 +835,16 @@ def planted_hallucination(trace: str, clip: Clip) -> bool | None:
     if sources is None:
         return None
     by_name = {s["name"]: s for s in sources}
+    windows = extract_windows(trace)
     for claim in extract_claims(trace):
         if claim.kind == "count":
             ok = int(claim.value) == len(sources)
         elif claim.kind == "first_onset":
             ok = bool(sources) and abs(float(claim.value) - min(s["onset"] for s in sources)) <= ONSET_TOLERANCE_S
+        elif claim.kind == "presence":
+            src = by_name.get(claim.obj)
+            a, b = windows[claim.obj]
+            ok = src is not None and min(b + 0.25, src["offset"]) > max(a - 0.25, src["onset"])
         else:
             src = by_name.get(claim.obj)
             truth = None

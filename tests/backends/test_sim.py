@@ -30,7 +30,7 @@ from sightsound_core.media.decode import load_audio, load_frames, sample_times
 from sightsound_core.schemas import Clip
 from sightsound_core.verdicts import parse_verdict
 
-CFG = SyntheticConfig(seed=3)
+CFG = SyntheticConfig(seed=3, world="v1")
 TEACHER_FPS, MAX_FRAMES = 2.0, 16  # the FrameConfig defaults
 
 
