@@ -6,6 +6,12 @@ No weights can be downloaded here, so tests and the CPU demo run on models built
 ``save_pretrained`` and loaded by the same ``from_pretrained`` code that loads real checkpoints, so
 nothing downstream knows it is tiny.
 
+``tiny://qwen2-audio-world`` is the demo's student: the same architecture with a 2 s audio window
+(the synthetic clips' length), pretrained here, once, to describe the synthetic world's sounds in
+words (audio captioning on clips of its own seed, never its questions, options or answer format),
+as Qwen2-Audio's own audio pretraining precedes the paper's LoRA SFT. So the demo starts, like the
+paper, from a student that hears, and its "pretrained" row means that.
+
 Building is deterministic (seed 0) and atomic: a model is built in a temporary folder under a file
 lock and renamed into place, so a killed or concurrent build never leaves half a model behind.
 
@@ -25,13 +31,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 TINY_AUDIO = "tiny://qwen2-audio"
+TINY_AUDIO_WORLD = "tiny://qwen2-audio-world"
 TINY_VL = "tiny://qwen2.5-vl"
 # Part of the folder name: editing the factory (sizes, corpus, template) must not reuse old builds.
-FACTORY_VERSION = "v1"
+FACTORY_VERSION = "v2"
 SEED = 0
+# The world student's pretraining, fixed before any distillation result was measured: clips of
+# world seed PRETRAIN_SEED (the demo trains on seed 0 and tests on seed 1), full training of every
+# weight with AdamW at PRETRAIN_LR, batch PRETRAIN_BATCH, PRETRAIN_STEPS steps.
+WORLD_WINDOW_S = 2
+PRETRAIN_SEED = 7919
+PRETRAIN_CLIPS = 2000
+PRETRAIN_STEPS = 700
+PRETRAIN_BATCH = 16
+PRETRAIN_LR = 2e-3
+DESCRIBE_PROMPT = "Describe the sounds."
 # Wider than Qwen's 0.02: at 0.02 a 128-wide random LM head caps logit gaps near 2.5, so LoRA on a
 # frozen random base cannot make any token likely and the CPU demo could never learn its format.
 LM_INIT_STD = 0.1
@@ -127,6 +146,19 @@ overlapping hz khz frequency frequencies bass treble mid range spectrum energy o
 You are a helpful assistant. Audio Question Options Think step by step inside then give only the
 chosen option inside which sounds first? how many sources are sounding? is the pitch high or low?
 is the tempo fast or slow? which object makes the sound? what is the timbre of the sound?
+drum flute organ whistle metronome instrument instruments ticks tick slowly quickly heard
+I see the drum (visible from about 0.2 s to 0.8 s) and the flute (visible from about 1.1 s to 1.8 s).
+Each instrument sounds only while it is visible, so I expect 2 distinct sounds.
+The first sound starts at about 0.2 s, when the drum appears.
+The flute looks small, and small instruments sound high, so the pitch of the flute is high.
+Nothing in the picture settles this, but I am fairly sure the organ is louder at the start.
+Judging by its look, the metronome gets louder toward the end. the pulses of the metronome are fast
+From where the whistle sits in the frame, I think the whistle stays at the same loudness.
+Which of these instruments can be heard in the clip? How many instruments can be heard in the clip?
+Which instrument is heard first? Does the organ sound high or low? Are the ticks of the metronome slow or fast?
+How does the loudness of the drum change? louder at the start louder at the end the same loudness throughout
+a drum from 0.1 s to 0.9 s, louder at the start; then a low organ from 1.2 s to 1.9 s, steady.
+0.0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 1.1 1.2 1.3 1.4 1.5 1.6 1.7 1.8 1.9 2.0
 """
 
 _CORPUS_SENTENCES = [
@@ -196,8 +228,13 @@ def _merges_of(bpe) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
 
 
-def build_tiny_audio(out_dir: str | Path) -> None:
-    """Build the tiny Qwen2-Audio student and its processor into ``out_dir``."""
+def build_tiny_audio(out_dir: str | Path, window_s: int = 30) -> None:
+    """Build the tiny Qwen2-Audio student and its processor into ``out_dir``.
+
+    ``window_s`` is the audio window: the feature extractor's ``chunk_length`` and the encoder's
+    ``max_source_positions`` (50 per second: Whisper's 1500 for 30 s) change together, because
+    the encoder accepts exactly ``2 * max_source_positions`` mel frames. Real checkpoints keep 30 s.
+    """
     import torch
     from transformers import (
         GenerationConfig,
@@ -211,15 +248,15 @@ def build_tiny_audio(out_dir: str | Path) -> None:
     tokenizer = build_tokenizer(specials)
     tokenizer.padding_side = "left"
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
-    # The encoder keeps Whisper's 1500 positions: the processor pads every clip to 30 s of mel
-    # frames, and the real checkpoint's processor is what this one must behave like.
+    # At 30 s the encoder keeps Whisper's 1500 positions: the processor pads every clip to 30 s of
+    # mel frames, as the real checkpoint's processor does.
     audio_config = dict(
         d_model=64,
         encoder_layers=2,
         encoder_attention_heads=4,
         encoder_ffn_dim=128,
         num_mel_bins=128,
-        max_source_positions=1500,
+        max_source_positions=50 * window_s,
     )
     text_config = dict(
         model_type="qwen2",
@@ -246,12 +283,80 @@ def build_tiny_audio(out_dir: str | Path) -> None:
         eos_token_id=[ids[IM_END], ids[ENDOFTEXT]], pad_token_id=ids[ENDOFTEXT], do_sample=False
     )
     processor = Qwen2AudioProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, chunk_length=window_s),
         tokenizer=tokenizer,
         chat_template=AUDIO_CHAT_TEMPLATE,
     )
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+
+
+def describe_sounds(meta: dict) -> str:
+    """An audio caption of a synthetic-world clip from its ground truth: what is heard, when, and
+    how (pitch, loudness, tempo). The world student's pretraining target.
+
+    >>> describe_sounds({"sources": [{"instrument": "drum", "onset": 0.21, "offset": 0.8,
+    ...     "pitch": None, "tempo": None, "loudness": "falling"}]})
+    'a drum from 0.2 s to 0.8 s, louder at the start.'
+    """
+    from sightsound_core.datasets.synthetic import LOUDNESS_TEXT
+
+    parts = []
+    for src in sorted(meta["sources"], key=lambda s: s["onset"]):
+        words = [w for w in (src.get("pitch"), src.get("tempo") and f"{src['tempo']} ticking") if w]
+        what = " ".join(["a", *([words[0]] if words else []), src["instrument"]])
+        rest = ", ".join([*words[1:], LOUDNESS_TEXT[src["loudness"]]])
+        parts.append(f"{what} from {src['onset']:.1f} s to {src['offset']:.1f} s, {rest}")
+    return "; then ".join(parts) + "."
+
+
+def build_tiny_audio_world(out_dir: str | Path) -> None:
+    """The tiny student with a 2 s window, pretrained to describe the synthetic world's sounds.
+
+    A plain AdamW loop over precomputed features: the one-off build needs no checkpoints,
+    logging or data loaders, which is all Trainer would add here.
+    """
+    import json
+
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from sightsound_core.config import SyntheticConfig
+    from sightsound_core.datasets.synthetic import synthesize
+    from sightsound_core.training.inputs import encode_sft
+
+    build_tiny_audio(out_dir, window_s=WORLD_WINDOW_S)
+    processor = AutoProcessor.from_pretrained(out_dir)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32)
+    world = SyntheticConfig(seed=PRETRAIN_SEED, duration_s=float(WORLD_WINDOW_S))
+    scenes = [synthesize(world, i) for i in range(PRETRAIN_CLIPS)]
+    captions = [describe_sounds(json.loads(s.clip.meta)) for s in scenes]
+    torch.manual_seed(SEED)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / PRETRAIN_STEPS)
+    order = np.random.default_rng(SEED).permutation
+    model.train()
+    started, perm = time.perf_counter(), order(PRETRAIN_CLIPS)
+    for step in range(PRETRAIN_STEPS):
+        pos = (step * PRETRAIN_BATCH) % PRETRAIN_CLIPS
+        if pos < PRETRAIN_BATCH and step:
+            perm = order(PRETRAIN_CLIPS)
+        idx = perm[pos : pos + PRETRAIN_BATCH]
+        batch = encode_sft(
+            processor, [scenes[i].audio for i in idx], [""] * len(idx), [[]] * len(idx),
+            [captions[i] for i in idx], max_length=256, prompt=DESCRIBE_PROMPT,
+        )  # fmt: skip
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == PRETRAIN_STEPS - 1:
+            log.info("world pretraining step %d/%d loss %.3f", step + 1, PRETRAIN_STEPS, loss.item())
+    log.info("world pretraining: %d steps in %.0f s", PRETRAIN_STEPS, time.perf_counter() - started)
+    model.eval()
+    model.save_pretrained(out_dir)
 
 
 def build_tiny_vl(out_dir: str | Path) -> None:
@@ -338,7 +443,7 @@ def expand_image_tokens(text: str, image_grid_thw, merge_size: int, image_token:
     return "".join(out)
 
 
-_BUILDERS = {TINY_AUDIO: build_tiny_audio, TINY_VL: build_tiny_vl}
+_BUILDERS = {TINY_AUDIO: build_tiny_audio, TINY_AUDIO_WORLD: build_tiny_audio_world, TINY_VL: build_tiny_vl}
 
 
 def default_cache_dir() -> Path:

@@ -100,3 +100,43 @@ def test_vl_builds_and_generates_from_frames(tmp_path):
         out = model.generate(**enc, **images, max_new_tokens=4, do_sample=False)
     assert enc["input_ids"].shape[1] < out.shape[1] <= enc["input_ids"].shape[1] + 4
     assert images["image_grid_thw"].tolist() == [[1, 6, 6], [1, 6, 6]]
+
+
+def test_tiny_module_doctests():
+    import doctest
+
+    import sightsound_core.tiny as tiny
+
+    assert doctest.testmod(tiny).failed == 0
+
+
+def test_world_student_hears_a_two_second_window_and_is_pretrained(tmp_path, monkeypatch):
+    """The demo's student: window sized to the clips (chunk_length and max_source_positions
+    together), and its weights moved by the factory's pretraining (few steps here)."""
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    import sightsound_core.tiny as tiny
+
+    monkeypatch.setattr(tiny, "PRETRAIN_CLIPS", 24)
+    monkeypatch.setattr(tiny, "PRETRAIN_STEPS", 4)
+    monkeypatch.setattr(tiny, "PRETRAIN_BATCH", 4)
+    path = resolve_model(tiny.TINY_AUDIO_WORLD, str(tmp_path / "world"))
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path)
+    fe = processor.feature_extractor
+    assert (fe.chunk_length, fe.nb_max_frames) == (2, 200)
+    assert model.config.audio_config.max_source_positions == 100
+
+    batch = encode_prompts(processor, [np.zeros(32000, np.float32)], ["Is it high?"], [["low", "high"]])
+    assert tuple(batch["input_features"].shape) == (1, 128, 200)
+    assert int((batch["input_ids"] == processor.audio_token_id).sum()) == 50
+    with torch.no_grad():
+        assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
+
+    fresh = tmp_path / "fresh"
+    tiny.build_tiny_audio(fresh, window_s=2)
+    untrained = Qwen2AudioForConditionalGeneration.from_pretrained(fresh)
+    moved = [n for (n, a), (_, b) in zip(model.state_dict().items(), untrained.state_dict().items())
+             if not torch.equal(a, b)]
+    assert any("audio_tower" in n for n in moved) and any("language_model" in n for n in moved)

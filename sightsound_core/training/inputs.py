@@ -23,28 +23,32 @@ END_OF_TURN = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 
 
-def student_messages(question: str, options: list[str]) -> list[dict[str, Any]]:
-    """The student's chat: a user turn with the audio part, then the question text.
+def student_messages(question: str, options: list[str], prompt: str | None = None) -> list[dict[str, Any]]:
+    """The student's chat: a user turn with the audio part, then the question text (or, for the
+    tiny factory's audio pretraining, a free ``prompt`` instead of a question).
 
     The audio part carries both ``type`` (read by our templates) and an ``audio`` key (read by
     upstream Qwen2-Audio templates, which test ``'audio' in content``), so real and tiny
     checkpoints render the same placeholder.
     """
+    text = prompt if prompt is not None else student_user_text(question, list(options))
     return [
         {
             "role": "user",
             "content": [
                 {"type": "audio", "audio": "clip"},
-                {"type": "text", "text": student_user_text(question, list(options))},
+                {"type": "text", "text": text},
             ],
         }
     ]
 
 
-def prompt_texts(processor: Any, questions: list[str], options: list[list[str]]) -> list[str]:
+def prompt_texts(
+    processor: Any, questions: list[str], options: list[list[str]], prompt: str | None = None
+) -> list[str]:
     return [
         processor.apply_chat_template(
-            student_messages(q, o), tokenize=False, add_generation_prompt=True
+            student_messages(q, o, prompt), tokenize=False, add_generation_prompt=True
         )
         for q, o in zip(questions, options, strict=True)
     ]
@@ -70,6 +74,7 @@ def encode_prompts(
     waveforms: list[np.ndarray],
     questions: list[str],
     options: list[list[str]],
+    prompt: str | None = None,
 ) -> dict[str, "torch.Tensor"]:
     """Left-padded prompt batch: input_ids, attention_mask, input_features, feature_attention_mask.
 
@@ -88,7 +93,7 @@ def encode_prompts(
     longest = max(len(c) for c in clips)
     n = min(fe.n_samples, -(-(longest + fe.n_fft) // fe.hop_length) * fe.hop_length)
     batch = processor(
-        text=prompt_texts(processor, questions, options),
+        text=prompt_texts(processor, questions, options, prompt),
         audio=clips,
         sampling_rate=SAMPLE_RATE,
         padding=True,
@@ -114,6 +119,7 @@ def encode_sft(
     options: list[list[str]],
     completions: list[str],
     max_length: int,
+    prompt: str | None = None,
 ) -> dict[str, "torch.Tensor"]:
     """Right-padded training batch with labels: -100 on the prompt and on padding.
 
@@ -122,7 +128,7 @@ def encode_sft(
     """
     import torch
 
-    prompts = encode_prompts(processor, waveforms, questions, options)
+    prompts = encode_prompts(processor, waveforms, questions, options, prompt)
     tokenizer = processor.tokenizer
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     rows: list[tuple[list[int], list[int]]] = []
