@@ -147,7 +147,7 @@ def evaluate(cfg: PipelineConfig, trained: dict[str, StageRef]) -> dict[str, Sta
     evaluation = run_stage(
         cfg, plan, store,
         lambda job: evaluate_shard(cfg, store, job, models, benchmarks),
-        summary=lambda: evaluation_summary(store, plan),
+        summary=lambda: evaluation_summary(store, plan, benchmarks),
     )
     inputs = {**trained, "evaluate": evaluation}
     report = run_stage(cfg, plan_report(store, cfg.run, inputs), store,

@@ -147,7 +147,29 @@ def funnel(t: CorpusTables) -> dict[str, Any]:
         "by_family": {f: count([c for c in clips if c.family == f]) for f in families},
         "agreement_by_family": agreement,
         "verifier": hallucination_scores(t.verdicts),
+        "examples": examples(t),
     }
+
+
+def examples(t: CorpusTables) -> dict[str, Any]:
+    """For the report: the first accepted trace, and the first rejected one with the claims the
+    verifier found unsupported."""
+    out: dict[str, Any] = {}
+    for status in ("accepted", "rejected"):
+        verdict = next((v for v in sorted(t.verdicts, key=lambda v: (v.clip_id, v.sample_idx))
+                        if v.status == status and (status == "accepted" or v.unsupported_claims)), None)
+        if verdict is None:
+            continue
+        clip = t.clips[verdict.clip_id]
+        entry = {
+            "clip_id": clip.clip_id,
+            "question": f"{clip.question} Options: {', '.join(clip.options)}",
+            "trace": t.by_key[(verdict.clip_id, verdict.sample_idx)].raw,
+        }
+        if status == "rejected":
+            entry["claims"] = list(verdict.unsupported_claims)
+        out["kept" if status == "accepted" else "rejected"] = entry
+    return out
 
 
 def run_corpus(

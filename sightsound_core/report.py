@@ -2,6 +2,10 @@
 flow publishes as Prefect artifacts.
 
 Sections, every number read from the run's own manifests and training logs:
+    miniature   the paper in miniature (runs on the synthetic world): the five models' accuracy per
+                evidence tier and overall and their hallucination rate, each with its 95%
+                interval, the paper's numbers beside them, one line per claim of the paper saying
+                whether this run reproduces it, and examples a person reads at a glance
     results     the paper's table: rows are models, columns AVQA, MMAU sound / music / speech /
                 avg, MUSIC-AVQA and the synthetic world's visual / acoustic families (those the run
                 configured), accuracy in percent with its 95% Wilson interval
@@ -30,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sightsound_core.schemas import Prediction
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
 
@@ -37,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "report"
 # Bump when the report's content changes, so committed reports are rebuilt.
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 ROW_SCHEMA = pa.schema(
     [
         ("model_tag", pa.string()),
@@ -128,7 +133,10 @@ def paper_columns(evaluation: dict[str, Any]) -> list[tuple[str, str, str, str]]
             columns += [(f"{name} {t}", name, "category", t) for t in ("sound", "music", "speech")]
             columns.append((f"{name} avg", name, "official", "total"))
         elif scorer == "option":
-            columns += [(f"{name} {f}", name, "family", f) for f in ("visual", "acoustic")]
+            entries = [m[name] for m in evaluation.get("accuracy", {}).values() if name in m]
+            families = tier_families(entries[0]) if entries else []
+            columns += [(f"{name} {f}", name, "family", f) for f in families if f != "unknown"]
+            columns.append((f"{name} all", name, "all", "all"))
         else:
             columns.append((name, name, "all", "all"))
     return columns
@@ -144,11 +152,224 @@ def cell(entry: dict[str, Any] | None, kind: str, key: str) -> dict[str, Any] | 
     return entry[f"by_{kind}"].get(key)
 
 
+# -- the paper in miniature -----------------------------------------------------------------------
+TIER_ORDER = ("visible", "partial", "invisible")
+# The paper's numbers beside the matching rows: its ablation steps in order (no AGFV, AGFV,
+# + GRPO) and the final model's MMAU Sound and MUSIC-AVQA accuracy.
+PAPER = {
+    "cot_noagfv": "52.3 (ablation)",
+    "cot": "54.1 (ablation)",
+    "grpo": "56.2 (ablation); MMAU Sound 66.1, MUSIC-AVQA 59.5",
+}
+
+
+def tier_families(entry: dict[str, Any]) -> list[str]:
+    """A benchmark's question families, evidence tiers first in their order.
+
+    >>> tier_families({"by_family": {"invisible": {}, "visible": {}, "other": {}}})
+    ['visible', 'invisible', 'other']
+    """
+    fams = list(entry.get("by_family", {}))
+    return [f for f in TIER_ORDER if f in fams] + sorted(f for f in fams if f not in TIER_ORDER)
+
+
+def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> dict[str, Any]:
+    """Model a against model b on the items both answered: accuracy of each, the difference in
+    points, and McNemar's exact test on the items where they disagree.
+
+    >>> r = paired_comparison({"1": True, "2": True, "3": False}, {"1": False, "2": True, "3": False})
+    >>> (r["n"], round(r["diff"], 1), r["a_only"], r["b_only"], r["p"])
+    (3, 33.3, 1, 0, 1.0)
+    """
+    from scipy.stats import binomtest
+
+    items = sorted(set(a) & set(b))
+    a_only = sum(a[i] and not b[i] for i in items)
+    b_only = sum(b[i] and not a[i] for i in items)
+    n = max(len(items), 1)
+    p = binomtest(a_only, a_only + b_only).pvalue if a_only + b_only else 1.0
+    return {
+        "n": len(items),
+        "a": 100 * sum(a[i] for i in items) / n,
+        "b": 100 * sum(b[i] for i in items) / n,
+        "diff": 100 * (a_only - b_only) / n,
+        "a_only": a_only,
+        "b_only": b_only,
+        "p": float(p),
+    }
+
+
+def verdict(diff: float, p: float | None) -> str:
+    """Reproduced when the difference has the paper's sign and McNemar's p < 0.05.
+
+    >>> verdict(3.0, 0.01), verdict(3.0, 0.4), verdict(-1.0, 0.5)
+    ('reproduced', 'same direction, not significant', 'not reproduced')
+    """
+    if diff > 0 and p is not None and p < 0.05:
+        return "reproduced"
+    return "same direction, not significant" if diff > 0 else "not reproduced"
+
+
+def hall(entry: dict[str, Any] | None) -> str:
+    """A hallucination rate in percent with its interval and claim count, '–' without claims.
+
+    >>> hall({"hallucination": {"claims": 10, "contradicted": 2, "rate": 0.2, "ci_low": 0.05, "ci_high": 0.5}})
+    '20.0 [5.0, 50.0] of 10'
+    """
+    h = (entry or {}).get("hallucination") or {}
+    if not h.get("claims"):
+        return "–"
+    return f"{100 * h['rate']:.1f} [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] of {h['claims']}"
+
+
+def miniature_benchmark(evaluation: dict[str, Any]) -> str | None:
+    """The first option-scored benchmark whose families are the world's evidence tiers."""
+    for name, info in evaluation.get("benchmarks", {}).items():
+        if info["scorer"] != "option":
+            continue
+        entries = [m.get(name) for m in evaluation.get("accuracy", {}).values() if m.get(name)]
+        if any(set(e["by_family"]) & set(TIER_ORDER) for e in entries):
+            return name
+    return None
+
+
+def miniature_section(data: dict[str, Any]) -> Section | None:
+    evaluation = data["evaluation"]
+    bench = miniature_benchmark(evaluation)
+    if bench is None:
+        return None
+    accuracy = evaluation["accuracy"]
+    models = [m for m in (evaluation.get("models") or list(accuracy)) if bench in accuracy.get(m, {})]
+    families = tier_families(accuracy[models[0]][bench])
+    chance = data.get("chance", {})
+    rows = [[
+        MODEL_NAMES.get(tag, tag),
+        *[pct(accuracy[tag][bench]["by_family"].get(f)) for f in families],
+        pct(accuracy[tag][bench]["all"]),
+        hall(accuracy[tag][bench]),
+        PAPER.get(tag, "–"),
+    ] for tag in models]
+    rows.append(["chance (uniform over options)", *[_pct_plain(chance.get(f)) for f in families],
+                 _pct_plain(chance.get("all")), "–", "–"])
+    table = Table("miniature", ["model", *families, "all", "hallucination rate", "paper"], rows)
+
+    text = [
+        f"Benchmark `{bench}`: {accuracy[models[0]][bench]['all']['n']} held-out clips of the synthetic "
+        "instrument world. Accuracy in percent [95% Wilson interval] per evidence tier (visible: the "
+        "frames show the answer; partial: size suggests pitch in about 80% of sources; invisible: "
+        "loudness and tempo, no visual cue). Hallucination rate: share of the sound claims in the "
+        "model's answers that the waveform analysis (the simulated verifier's) contradicts, [95% "
+        "interval over claims], of N claims. 'paper': the paper's figures for the matching row "
+        "(its ablation steps in order, and the final model's MMAU Sound and MUSIC-AVQA accuracy).",
+    ]
+    text += [f"- {line}" for line in claim_lines(data, bench, models)]
+    return Section("The paper in miniature", text, [table, *example_tables(data, bench)])
+
+
+def _pct_plain(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def paper_claims(data: dict[str, Any], bench: str, models: list[str]) -> list[dict[str, str]]:
+    """Each claim of the paper this run can test: ``{"claim", "verdict", "line"}``, the verdict
+    ``reproduced``, ``same direction, not significant``, ``not reproduced`` or ``not measured``,
+    the line saying so with the numbers."""
+    correct = data.get("correct", {})
+    out = []
+
+    def add(claim: str, verdict_: str, numbers: str) -> None:
+        out.append({"claim": claim, "verdict": verdict_, "line": f"{claim}: {verdict_} ({numbers})."})
+
+    pairs = [
+        ("cot", "label_only", "CoT SFT beats label-only SFT"),
+        ("cot", "cot_noagfv", "AGFV (verified traces) beats CoT SFT without AGFV"),
+        ("grpo", "cot", "GRPO beats SFT alone"),
+    ]
+    for a, b, claim in pairs:
+        if a not in models or b not in models:
+            add(claim, "not measured", f"this run has no {a if a not in models else b} model")
+            continue
+        r = paired_comparison(correct.get(a, {}), correct.get(b, {}))
+        add(claim, verdict(r["diff"], r["p"]),
+            f"{r['a']:.1f}% vs {r['b']:.1f}% on {r['n']} paired items, {r['diff']:+.1f} points; "
+            f"{r['a_only']} items only {a} got right, {r['b_only']} only {b}; McNemar p={r['p']:.3g}")
+    accuracy = data["evaluation"]["accuracy"]
+    if "cot" in models and "cot_noagfv" in models:
+        h_a = accuracy["cot"][bench].get("hallucination") or {}
+        h_b = accuracy["cot_noagfv"][bench].get("hallucination") or {}
+        claim = "AGFV makes the student hallucinate less (beyond the paper)"
+        if h_a.get("claims") and h_b.get("claims"):
+            lower = h_a["rate"] < h_b["rate"]
+            apart = h_a["ci_high"] < h_b["ci_low"]
+            add(claim, "reproduced" if lower and apart else "same direction, not significant" if lower
+                else "not reproduced",
+                f"{100 * h_a['rate']:.1f}% vs {100 * h_b['rate']:.1f}% of claims contradicted")
+        else:
+            add(claim, "not measured", "a model made no checkable claim")
+    funnel = data.get("funnel") or {}
+    fams = funnel.get("by_family", {})
+    if "visible" in fams and "invisible" in fams:
+        kept = {f: fams[f]["label_agreeing"] / max(fams[f]["clips"], 1) for f in fams}
+        shown = ", ".join(f"{f} {100 * kept[f]:.0f}% of {fams[f]['clips']}" for f in TIER_ORDER if f in kept)
+        add("The teacher keeps invisible-property questions less often",
+            "reproduced" if kept["invisible"] < kept["visible"] else "not reproduced",
+            f"clips kept by the unanimous, label-matching vote: {shown}")
+    return out
+
+
+def claim_lines(data: dict[str, Any], bench: str, models: list[str]) -> list[str]:
+    """The claim lines, then what GRPO did (its learning signal and the invisible tier)."""
+    lines = [c["line"] for c in paper_claims(data, bench, models)]
+    accuracy = data["evaluation"]["accuracy"]
+    if "grpo" in models and "cot" in models:
+        inv = [accuracy[m][bench]["by_family"].get("invisible") for m in ("cot", "grpo")]
+        if all(inv):
+            lines.append(
+                f"GRPO on labels of every tier moves the invisible tier: {100 * inv[0]['accuracy']:.1f}% "
+                f"after SFT, {100 * inv[1]['accuracy']:.1f}% after GRPO ({inv[1]['n']} items)."
+            )
+    grpo_log = data["training"].get("grpo:policy") or []
+    stds = [v for _, m, v in grpo_log if m == "reward_std"]
+    rewards = [v for _, m, v in sorted(grpo_log) if m == "reward"]
+    if stds and rewards:
+        q = max(1, len(rewards) // 4)
+        lines.append(
+            f"GRPO had a learning signal (reward_std > 0) in {sum(s > 0 for s in stds)}/{len(stds)} steps; "
+            f"mean reward {sum(rewards[:q]) / q:.3f} over its first quarter, {sum(rewards[-q:]) / q:.3f} over its last."
+        )
+    return lines
+
+
+def example_tables(data: dict[str, Any], bench: str) -> list[Table]:
+    """A kept trace, a trace the verifier rejected with what the audio contradicted, and student
+    answers before and after training on one held-out clip."""
+    tables = []
+    examples = (data.get("funnel") or {}).get("examples") or {}
+    if examples.get("kept"):
+        tables.append(Table("example-kept", ["kept and verified teacher trace (question, trace)"],
+                            [[examples["kept"]["question"]], [examples["kept"]["trace"]]]))
+    if examples.get("rejected"):
+        r = examples["rejected"]
+        tables.append(Table("example-rejected", ["trace the verifier rejected (question, trace, contradicted)"],
+                            [[r["question"]], [r["trace"]], ["; ".join(r["claims"])]]))
+    before_after = data.get("before_after")
+    if before_after:
+        tables.append(Table(
+            "example-student", ["model", "answer on one held-out clip"],
+            [[f"question ({before_after['label']} is right)", before_after["question"]],
+             *[[MODEL_NAMES.get(t, t), text] for t, text in before_after["answers"]]],
+        ))
+    return tables
+
+
 # -- sections -------------------------------------------------------------------------------------
 def build_sections(data: dict[str, Any]) -> list[Section]:
     evaluation = data["evaluation"]
     models = evaluation.get("models") or list(evaluation.get("accuracy", {}))
     sections = []
+    miniature = miniature_section(data)
+    if miniature is not None:
+        sections.append(miniature)
 
     columns = paper_columns(evaluation)
     results = Table(
@@ -164,7 +385,7 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         "Results",
         ["Accuracy in percent [95% Wilson interval], every model the run produced on every "
          "configured benchmark. MMAU: official string match on the `<answer>` content, 'avg' is "
-         "the official total over all items. Synthetic: visual-correlate vs acoustic-only questions."],
+         "the official total over all items. Synthetic: per question family (evidence tier) and all."],
         [results],
         ["accuracy"],
     ))
@@ -385,9 +606,17 @@ def report_data(store: ObjectStore, run: str, inputs: dict[str, StageRef]) -> di
     from sightsound_core.training.stages import read_log
 
     evaluation = inputs["evaluate"].manifest["summary"]
+    bench = miniature_benchmark(evaluation)
+    predictions = []
+    if bench is not None:
+        predictions = [p for uri in inputs["evaluate"].shards
+                       for p in Prediction.from_table(store.read_table(uri)) if p.benchmark == bench]
     return {
         "run": run,
         "evaluation": evaluation,
+        "chance": evaluation["benchmarks"][bench].get("chance", {}) if bench else {},
+        "correct": _correct_by_model(predictions),
+        "before_after": evaluation["benchmarks"][bench].get("example") if bench else None,
         "evaluate_dir": inputs["evaluate"].dir,
         "rows": accuracy_rows(evaluation.get("accuracy", {})),
         "funnel": inputs["corpus"].manifest["summary"].get("funnel") if "corpus" in inputs else None,
@@ -398,6 +627,13 @@ def report_data(store: ObjectStore, run: str, inputs: dict[str, StageRef]) -> di
             for name, entries in read_log(store, inputs[stage]).items()
         },
     }
+
+
+def _correct_by_model(predictions: list[Prediction]) -> dict[str, dict[str, bool]]:
+    out: dict[str, dict[str, bool]] = {}
+    for p in predictions:
+        out.setdefault(p.model_tag, {})[p.clip_id] = p.correct
+    return out
 
 
 def report_shard(

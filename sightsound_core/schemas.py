@@ -316,6 +316,9 @@ class Prediction(Record):
         label: the correct option.
         correct: scored by the benchmark's own rule.
         family, category: for per-category accuracy.
+        claims: sound claims in ``raw`` that can be checked against the audio (synthetic items:
+            the verifier's claim language; 0 elsewhere).
+        contradicted: how many of those the waveform analysis does not support.
     """
 
     model_tag: str
@@ -327,6 +330,8 @@ class Prediction(Record):
     correct: bool
     family: str
     category: str
+    claims: int = 0
+    contradicted: int = 0
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -339,6 +344,8 @@ class Prediction(Record):
             ("correct", pa.bool_()),
             ("family", pa.string()),
             ("category", pa.string()),
+            ("claims", pa.int64()),
+            ("contradicted", pa.int64()),
         ]
     )
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 
 from sightsound_core.config import BenchmarkConfig, PipelineConfig
@@ -79,14 +80,29 @@ def mmau_file_uri(job: ShardJob) -> str:
     return join(job.output_uri.rsplit("/", 1)[0], f"mmau-{slug}.json")
 
 
-def score_all(tag: str, bench: BenchmarkConfig, clips: list[Clip], texts: list[str]) -> list[Prediction]:
-    """Prediction rows for generated ``texts`` (one per clip), scored by the benchmark's rule."""
+def score_all(
+    tag: str,
+    bench: BenchmarkConfig,
+    clips: list[Clip],
+    texts: list[str],
+    load_audio: Callable[[str], np.ndarray] | None = None,
+) -> list[Prediction]:
+    """Prediction rows for generated ``texts`` (one per clip), scored by the benchmark's rule.
+
+    With ``load_audio``, the sound claims of each synthetic item's text are checked against its
+    waveform (the student hallucination rate).
+    """
     rows = []
     for clip, text in zip(clips, texts, strict=True):
         scored = score(bench.scorer, text, clip)
+        claims = contradicted = 0
+        if load_audio is not None and clip.source == "synthetic":
+            from sightsound_core.backends.sim import claim_support
+
+            claims, contradicted = claim_support(text, load_audio(clip.audio_uri or ""))
         rows.append(
             Prediction(tag, bench.name, clip.clip_id, text, scored.answer, clip.label or "",
-                       scored.correct, clip.family, clip.category)
+                       scored.correct, clip.family, clip.category, claims, contradicted)
         )
     return rows
 
@@ -107,10 +123,9 @@ def evaluate_shard(
            for c in items if c.label is None]
     # -- generate and score
     model = load_generator(cfg.evaluate.backend, models[tag][0], cfg.models.device)
-    texts = generate_answers(
-        model, clips, audio_loader(store), cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens
-    )
-    rows = score_all(tag, bench, clips, texts)
+    load_audio = audio_loader(store)
+    texts = generate_answers(model, clips, load_audio, cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens)
+    rows = score_all(tag, bench, clips, texts, load_audio)
     # -- the official MMAU prediction file, written before the shard commits
     if bench.scorer == "mmau":
         records = [prediction_record(c, p, bench.annotation_version) for c, p in zip(clips, rows)]
@@ -126,7 +141,8 @@ def summarize(predictions: list[Prediction]) -> dict[str, Any]:
     keys = list(dict.fromkeys((p.model_tag, p.benchmark) for p in predictions))
     for tag, bench in keys:
         preds = [p for p in predictions if p.model_tag == tag and p.benchmark == bench]
-        entry = {"all": accuracy([p.correct for p in preds]), "by_family": {}, "by_category": {}}
+        entry = {"all": accuracy([p.correct for p in preds]), "by_family": {}, "by_category": {},
+                 "hallucination": hallucination_rate(preds)}
         for field in ("family", "category"):
             for value in sorted({getattr(p, field) for p in preds}):
                 entry[f"by_{field}"][value] = accuracy(
@@ -134,6 +150,29 @@ def summarize(predictions: list[Prediction]) -> dict[str, Any]:
                 )
         out.setdefault(tag, {})[bench] = entry
     return out
+
+
+def hallucination_rate(predictions: list[Prediction]) -> dict[str, Any]:
+    """Share of checkable sound claims the audio contradicts, with a 95% Wilson interval over
+    claims (claims of one answer are not independent, so the interval is optimistic), and how
+    many answers made any claim.
+
+    >>> p = Prediction("m", "b", "c", "", None, "a", False, "f", "k", claims=4, contradicted=1)
+    >>> r = hallucination_rate([p, p])
+    >>> (r["claims"], r["contradicted"], r["rate"], r["answers_with_claims"])
+    (8, 2, 0.25, 2)
+    """
+    claims = sum(p.claims for p in predictions)
+    contradicted = sum(p.contradicted for p in predictions)
+    stats = accuracy([True] * contradicted + [False] * (claims - contradicted))
+    return {
+        "claims": claims,
+        "contradicted": contradicted,
+        "rate": stats["accuracy"] if claims else None,
+        "ci_low": stats["ci_low"],
+        "ci_high": stats["ci_high"],
+        "answers_with_claims": sum(p.claims > 0 for p in predictions),
+    }
 
 
 def run_evaluate(
@@ -147,12 +186,54 @@ def run_evaluate(
         store,
         plan,
         lambda job: evaluate_shard(cfg, store, job, models, benchmarks),
-        lambda: evaluation_summary(store, plan),
+        lambda: evaluation_summary(store, plan, benchmarks),
     )
 
 
-def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
-    """The evaluate manifest's summary (see the module docstring); reads only committed output."""
+def chance_accuracy(clips: list[Clip]) -> dict[str, float]:
+    """Expected accuracy of a uniform guess among each item's options: overall and per family.
+
+    >>> c = lambda f, n: Clip("i", "s", "t", None, None, 1.0, "q", ["o"] * n, "o", f, "k")
+    >>> chance_accuracy([c("a", 2), c("b", 4)])
+    {'all': 0.375, 'a': 0.5, 'b': 0.25}
+    """
+    labelled = [c for c in clips if c.label is not None]
+    out = {"all": sum(1 / len(c.options) for c in labelled) / max(len(labelled), 1)}
+    for family in sorted({c.family for c in labelled}):
+        group = [c for c in labelled if c.family == family]
+        out[family] = sum(1 / len(c.options) for c in group) / len(group)
+    return out
+
+
+def before_after(
+    predictions: list[Prediction], models: list[str], clips: dict[str, Clip]
+) -> dict[str, Any] | None:
+    """Every model's answer on one held-out item that the last model gets right and the first
+    (pretrained) does not, preferring one whose last answer makes checkable sound claims; None
+    when there is no such item."""
+    if len(models) < 2:
+        return None
+    by = {(p.model_tag, p.clip_id): p for p in predictions}
+    first, last = models[0], models[-1]
+    good = [c for c in sorted(clips) if (last, c) in by and (first, c) in by
+            and by[(last, c)].correct and not by[(first, c)].correct]
+    if not good:
+        return None
+    chosen = next((c for c in good if by[(last, c)].claims), good[0])
+    clip = clips[chosen]
+    return {
+        "clip_id": chosen,
+        "question": f"{clip.question} Options: {', '.join(clip.options)}",
+        "label": clip.label,
+        "answers": [(m, by[(m, chosen)].raw) for m in models if (m, chosen) in by],
+    }
+
+
+def evaluation_summary(
+    store: ObjectStore, plan: StagePlan, items: dict[str, StageRef] | None = None
+) -> dict[str, Any]:
+    """The evaluate manifest's summary (see the module docstring); reads only committed output.
+    With the benchmarks' items, each benchmark's info also gets its chance accuracy."""
     preds = [p for j in plan.jobs for p in Prediction.from_table(store.read_table(j.output_uri))]
     acc = summarize(preds)
     configs = {b["name"]: b for b in plan.config_payload["benchmarks"]}
@@ -167,6 +248,13 @@ def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
             "dataset": bench["ingest"]["dataset"],
             "prediction_files": {},
         })
+        if items is not None and "chance" not in info:
+            clips = Clip.from_table(read_all(store, items[name]))
+            info["chance"] = chance_accuracy(clips)
+            info["example"] = before_after(
+                [p for p in preds if p.benchmark == name], list(dict.fromkeys(j.source["model"] for j in plan.jobs)),
+                {c.clip_id: c for c in clips},
+            )
         entry = acc.setdefault(tag, {}).setdefault(
             name, {"all": accuracy([]), "by_family": {}, "by_category": {}}
         )

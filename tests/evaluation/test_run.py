@@ -85,7 +85,10 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     assert mmau["official"]["total"] == mmau["all"]
     assert set(mmau["official"]["by_difficulty"]) == {"easy", "medium", "hard"}
     synthetic = summary["accuracy"]["grpo"]["synthetic"]
-    assert set(synthetic["by_family"]) <= {"visual", "acoustic"} and synthetic["all"]["n"] == 10
+    assert set(synthetic["by_family"]) <= {"visible", "partial", "invisible"} and synthetic["all"]["n"] == 10
+    chance = summary["benchmarks"]["synthetic"]["chance"]
+    assert 0.25 <= chance["all"] <= 0.5 and set(chance) == {"all", *synthetic["by_family"]}
+    assert synthetic["hallucination"]["claims"] >= 0 and "hallucination" in mmau
     info = summary["benchmarks"]["mmau-mini"]
     assert info["scorer"] == "mmau" and info["annotation_version"] == "v-test" and info["items"] == 6
     assert info["annotations"] == [f"file://{cfg.evaluate.benchmarks[0].ingest.path}/mmau-test-mini.json"]
