@@ -44,6 +44,7 @@ KEYS = {"clip_id", "sample_idx", "example_id", "model_tag", "benchmark", "step",
 def write_recipe(path: Path, root: str) -> None:
     data = yaml.safe_load((ROOT / "deployments/configs/demo.yaml").read_text())
     data["store"]["root"] = root
+    data["models"]["student"] = "tiny://qwen2-audio"
     data["ingest"]["synthetic"]["n_clips"] = 32
     data["ingest"]["shard_size"] = 8
     data["sft"].update(max_steps=6, variants=["cot"], save_steps=2)

@@ -38,6 +38,7 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     data = yaml.safe_load(DEFAULT_RECIPE.read_text())
     data["store"]["root"] = f"file://{tmp}/store"
+    data["models"]["student"] = "tiny://qwen2-audio"  # the world-pretrained one takes minutes to build
     data["ingest"].update(shard_size=12)
     data["ingest"]["synthetic"]["n_clips"] = 24
     data["sft"].update(max_steps=2)

@@ -14,6 +14,8 @@ def write_small_recipe(path, root, storage_options=None, run="small"):
     data = yaml.safe_load(DEFAULT_RECIPE.read_text())
     data["run"] = run
     data["store"] = {"root": root, "storage_options": storage_options or {}}
+    # The random-init student: the world-pretrained one costs minutes to build once.
+    data["models"]["student"] = "tiny://qwen2-audio"
     data["ingest"]["synthetic"]["n_clips"] = 16
     data["ingest"]["shard_size"] = 8
     data["sft"].update(max_steps=2, variants=["cot"])
