@@ -365,6 +365,9 @@ class GRPOConfig(StageConfig):
     )
 
 
+AnswerRule = Literal["answer_block_or_raw", "answer_block"]
+
+
 class BenchmarkConfig(StageConfig):
     """One benchmark of the evaluate stage: its items (an ingest config) and its scoring rule.
 
@@ -386,6 +389,13 @@ class BenchmarkConfig(StageConfig):
         description="Which release of the annotations was scored, recorded with the scores and in "
         "the prediction file. Required for mmau: e.g. 'v05.15.25' (the May 2025 relabel) or "
         "'original' (the 2024 release).",
+    )
+    answer_rule: AnswerRule = Field(
+        "answer_block_or_raw",
+        description="Which text of an output is scored, for every scorer: answer_block_or_raw (the "
+        "<answer> content, or the whole output when it has no <answer> tag, as R1-AQA scores) or "
+        "answer_block (strict: an output without an answer block scores 0). See "
+        "sightsound_core.evaluation.scoring.",
     )
 
     @model_validator(mode="after")

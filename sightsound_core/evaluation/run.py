@@ -8,7 +8,7 @@ shard (so a committed shard always has its file): ``mmau-{model}-{benchmark}.jso
 The manifest summary holds, per model and benchmark, accuracy with 95% intervals overall, per
 question family and per category (MMAU: task; AVQA and MUSIC-AVQA: question type; synthetic:
 question kind), MMAU's official breakdown recomputed from the prediction file, and per benchmark
-its scorer, annotation release and source, and where the prediction files are.
+its scorer, answer rule, annotation release and source, and where the prediction files are.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def score_all(tag: str, bench: BenchmarkConfig, clips: list[Clip], texts: list[s
     """Prediction rows for generated ``texts`` (one per clip), scored by the benchmark's rule."""
     rows = []
     for clip, text in zip(clips, texts, strict=True):
-        scored = score(bench.scorer, text, clip)
+        scored = score(bench.scorer, text, clip, bench.answer_rule)
         rows.append(
             Prediction(tag, bench.name, clip.clip_id, text, scored.answer, clip.label or "",
                        scored.correct, clip.family, clip.category)
@@ -113,7 +113,8 @@ def evaluate_shard(
     rows = score_all(tag, bench, clips, texts)
     # -- the official MMAU prediction file, written before the shard commits
     if bench.scorer == "mmau":
-        records = [prediction_record(c, p, bench.annotation_version) for c, p in zip(clips, rows)]
+        records = [prediction_record(c, p, bench.annotation_version, bench.answer_rule)
+                   for c, p in zip(clips, rows)]
         store.write_bytes(mmau_file_uri(job), prediction_json(records))
     log.info("evaluate %s on %s: %d items, %d correct", tag, name, len(rows), sum(p.correct for p in rows))
     return Prediction.to_table(rows), Quarantine.to_table(bad)
@@ -162,6 +163,7 @@ def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
         bench = configs[name]
         info = benchmarks.setdefault(name, {
             "scorer": bench["scorer"],
+            "answer_rule": bench["answer_rule"],
             "annotation_version": bench["annotation_version"],
             "annotations": job.source["annotations"],
             "dataset": bench["ingest"]["dataset"],

@@ -67,7 +67,7 @@ def test_predictions_are_parquet_rows_scored_by_each_rule(evaluated):
     preds = [p for uri in ref.shards for p in Prediction.from_table(store.read_table(uri))]
     mmau = {p.clip_id: p for p in preds if p.benchmark == "mmau-mini" and p.model_tag == "cot"}
     for clip in clips["mmau-mini"]:
-        raw, correct = OUTPUTS[clip.question]
+        raw, correct, _ = OUTPUTS[clip.question]  # the benchmark keeps the default answer rule
         assert mmau[clip.clip_id].raw == raw and mmau[clip.clip_id].correct is correct
         assert mmau[clip.clip_id].category == clip.meta_dict()["task"]
     synthetic = [p for p in preds if p.benchmark == "synthetic" and p.model_tag == "cot"]
@@ -80,7 +80,7 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     cfg, store, ref, clips, _ = evaluated
     summary = ref.manifest["summary"]
     mmau = summary["accuracy"]["cot"]["mmau-mini"]
-    assert mmau["all"]["correct"] == 3 and mmau["all"]["n"] == 6
+    assert mmau["all"]["correct"] == 4 and mmau["all"]["n"] == 6
     assert set(mmau["by_category"]) == {"sound", "music", "speech"}
     assert mmau["official"]["total"] == mmau["all"]
     assert set(mmau["official"]["by_difficulty"]) == {"easy", "medium", "hard"}
@@ -88,6 +88,7 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     assert set(synthetic["by_family"]) <= {"visual", "acoustic"} and synthetic["all"]["n"] == 10
     info = summary["benchmarks"]["mmau-mini"]
     assert info["scorer"] == "mmau" and info["annotation_version"] == "v-test" and info["items"] == 6
+    assert info["answer_rule"] == "answer_block_or_raw"
     assert info["annotations"] == [f"file://{cfg.evaluate.benchmarks[0].ingest.path}/mmau-test-mini.json"]
     assert summary["benchmarks"]["synthetic"]["prediction_files"] == {}
 
