@@ -5,7 +5,8 @@ Sections, every number read from the run's own manifests and training logs:
     results     the paper's table: rows are models, columns AVQA, MMAU sound / music / speech /
                 avg, MUSIC-AVQA and the synthetic world's visual / acoustic families (those the run
                 configured), accuracy in percent with its 95% Wilson interval
-    benchmarks  scorer, answer rule, items, annotation release and file, MMAU prediction files
+    benchmarks  scorer, answer rule, items in the file and items scored, annotation release and
+                file, MMAU prediction files
     accuracy    every model, benchmark and group (family, category; MMAU's difficulty and
                 sub-category, computed from the official prediction file)
     funnel      clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family
@@ -174,6 +175,7 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         bench_rows.append([
             name, info["dataset"], info["scorer"], info.get("items", 0),
             info.get("annotation_version") or "–", info.get("answer_rule") or "–",
+            info.get("file_items", "–"),
             ", ".join(info.get("annotations") or []) or "–",
             ", ".join(u.rsplit("/", 1)[-1] for u in info.get("prediction_files", {}).values()) or "–",
         ])
@@ -182,8 +184,8 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         f"MMAU prediction files (the input of MMAU's official evaluation.py) are in "
         f"`{data['evaluate_dir']}`."] if files else [], [Table(
         "benchmarks",
-        ["benchmark", "dataset", "scorer", "items", "annotation version", "answer rule",
-         "annotations", "prediction files"],
+        ["benchmark", "dataset", "scorer", "items scored", "annotation version", "answer rule",
+         "items in file", "annotations", "prediction files"],
         bench_rows,
     )]))
 

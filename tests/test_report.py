@@ -163,8 +163,9 @@ def test_artifacts_for_the_flow(demo):
 
 
 def test_benchmarks_table_shows_how_each_benchmark_was_scored():
-    info = {"dataset": "mmau", "scorer": "mmau", "items": 6, "annotation_version": "v05.15.25",
-            "answer_rule": "answer_block", "annotations": ["file:///d/mmau-test-mini.json"],
+    info = {"dataset": "mmau", "scorer": "mmau", "items": 5, "file_items": 6,
+            "annotation_version": "v05.15.25", "answer_rule": "answer_block",
+            "annotations": ["file:///d/mmau-test-mini.json"],
             "prediction_files": {}}
     data = {"evaluation": {"benchmarks": {"mmau-mini": info}, "accuracy": {}, "models": []},
             "evaluate_dir": "file:///e", "rows": [], "funnel": None, "training": {}}
@@ -172,3 +173,4 @@ def test_benchmarks_table_shows_how_each_benchmark_was_scored():
     header = _table(md, "Benchmarks", header=True)
     row = dict(zip(header, _table(md, "Benchmarks")[0]))
     assert row["answer rule"] == "answer_block" and row["annotation version"] == "v05.15.25"
+    assert (row["items in file"], row["items scored"]) == ("6", "5")

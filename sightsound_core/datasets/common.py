@@ -49,6 +49,10 @@ class Adapter:
             it enters the shard's fingerprint, so a shard is recomputed when it changes.
         to_clip: (record, context, config, media URI) -> Clip with ``duration_s`` 0 (ingest sets
             it from the probed file).
+        repeated_options: whether an item whose options repeat a string is kept. Only for a
+            benchmark whose official scorer reads the answer's text, not its position (MMAU): it
+            must be scored on every item of its file. Elsewhere a repeat makes the letter of the
+            answer ambiguous, so the item is refused (``duplicate_options``).
     """
 
     name: str
@@ -58,6 +62,7 @@ class Adapter:
     to_clip: Callable[[dict[str, Any], Any, IngestConfig, str], Clip]
     context: Callable[[list[Any]], Any] = lambda records: None
     context_for: Callable[[Any, list[Any]], Any] = lambda context, records: None
+    repeated_options: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,10 @@ Sources (``IngestConfig.dataset``):
 Checks, cheapest first, each refusal a Quarantine row (``input`` is the clip id, or
 ``{annotations}#/{position}`` before an id is known): a record that is not an object, non-UTF-8
 text, missing or mistyped fields, a duplicate id (the first record with an id keeps it), a media
-path that escapes the root, too few options or a label not among them, then the media file itself
-(``media.decode.screen_media``: not found, empty, not media, truncated, over the configured
-duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
+path that escapes the root, too few options, options that repeat a string (except where the adapter
+keeps them: MMAU, whose official scorer reads the text) or a label not among them, then the media
+file itself (``media.decode.screen_media``: not found, empty, not media, truncated, over the
+configured duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ STAGE = "ingest"
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in (avqa.ADAPTER, music_avqa.ADAPTER, mmau.ADAPTER)}
 
 
-def validate_clip(clip: Clip) -> tuple[str, str] | None:
-    """Why a clip cannot be used, as (reason, detail), or None when it is fine."""
+def validate_clip(clip: Clip, repeated_options: bool = False) -> tuple[str, str] | None:
+    """Why a clip cannot be used, as (reason, detail), or None when it is fine. Options that repeat
+    a string are refused unless ``repeated_options`` (see ``Adapter.repeated_options``)."""
     if not clip.question.strip():
         return "missing_question", f"{clip.clip_id}: empty question"
     if len(clip.options) < 2:
         return "too_few_options", f"{clip.clip_id}: {len(clip.options)} option(s), need at least 2"
-    if len(set(clip.options)) != len(clip.options):
+    if not repeated_options and len(set(clip.options)) != len(clip.options):
         return "duplicate_options", f"{clip.clip_id}: options repeat: {clip.options}"
     if clip.label is not None and clip.label not in clip.options:
         return "label_not_in_options", f"{clip.clip_id}: label {clip.label!r} not in {clip.options}"
@@ -73,13 +75,15 @@ def quarantine(stage: str, item: str, reason: str, detail: str) -> Quarantine:
     return Quarantine(stage, safe_text(item), reason, safe_text(detail))
 
 
-def screen(clips: list[Clip], stage: str = STAGE) -> tuple[list[Clip], list[Quarantine]]:
+def screen(
+    clips: list[Clip], stage: str = STAGE, repeated_options: bool = False
+) -> tuple[list[Clip], list[Quarantine]]:
     """Split clips into usable ones and quarantine rows (bad fields, duplicate ids)."""
     good: list[Clip] = []
     bad: list[Quarantine] = []
     seen: set[str] = set()
     for clip in clips:
-        problem = validate_clip(clip)
+        problem = validate_clip(clip, repeated_options)
         if problem is None and clip.clip_id in seen:
             problem = ("duplicate_id", f"{clip.clip_id} appears more than once")
         if problem:
@@ -212,7 +216,7 @@ def _ingest_annotated(
                 raise Refused("duplicate_id", f"{item} already given by record {first[native]}")
             media_uri = root.resolve(adapter.media_path(record))
             clip = adapter.to_clip(record, context, cfg, media_uri)
-            problem = validate_clip(clip)
+            problem = validate_clip(clip, adapter.repeated_options)
             if problem:
                 raise Refused(*problem)
             info = _screen(cfg, root, media_uri, probed)
@@ -300,7 +304,8 @@ def ingest_shard(
         clips, bad = _ingest_folder(cfg, store, job)
     else:
         clips, bad = _ingest_annotated(cfg, store, job)
-    good, refused = screen(clips, job.stage)
+    adapter = ADAPTERS.get(cfg.dataset)
+    good, refused = screen(clips, job.stage, adapter is not None and adapter.repeated_options)
     bad += refused
     if bad:
         log.info("%s shard %d: %d clips, %d quarantined", job.stage, job.index, len(good), len(bad))

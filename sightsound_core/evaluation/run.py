@@ -8,7 +8,11 @@ shard (so a committed shard always has its file): ``mmau-{model}-{benchmark}.jso
 The manifest summary holds, per model and benchmark, accuracy with 95% intervals overall, per
 question family and per category (MMAU: task; AVQA and MUSIC-AVQA: question type; synthetic:
 question kind), MMAU's official breakdown recomputed from the prediction file, and per benchmark
-its scorer, answer rule, annotation release and source, and where the prediction files are.
+its scorer, answer rule, annotation release and source, where the prediction files are, and two
+counts: ``file_items``, the items its ingest read (every record of the annotation file, unless
+``ingest.limit``: clips plus quarantine rows), and ``items``, those scored. They differ by what
+ingest quarantined and by unlabelled items; for MMAU they must be equal, as the official scorer
+scores every item of the file.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def plan_evaluate(
             "benchmark": name,
             "bench_fp": ref.fingerprint,
             "annotations": _annotations(ref),
+            "file_items": ref.manifest["rows"] + ref.manifest["quarantined"],
         }
         for tag in cfg.evaluate.models
         if tag in models
@@ -173,6 +178,10 @@ def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
             name, {"all": accuracy([]), "by_family": {}, "by_category": {}}
         )
         info["items"] = entry["all"]["n"]
+        info["file_items"] = job.source["file_items"]
+        if bench["scorer"] == "mmau" and info["items"] != info["file_items"]:
+            log.warning("evaluate: %s scored %d of the %d items of its file; MMAU's official "
+                        "scorer scores them all", name, info["items"], info["file_items"])
         if bench["scorer"] == "mmau":
             uri = mmau_file_uri(job)
             info["prediction_files"][tag] = uri

@@ -115,6 +115,32 @@ def test_mmau_is_audio_only_and_keeps_the_scorer_fields(tmp_path, file_store):
             assert meta[key] == record[key]
 
 
+@pytest.mark.parametrize("release", ["original", "v05.15.25"])
+def test_mmau_keeps_items_whose_choices_repeat_a_string(tmp_path, file_store, release):
+    fixture = FIXTURES.parent / "mmau" / "releases" / release / "mmau-test-mini.json"
+    records = json.loads(fixture.read_text())
+    root = tmp_path / "mmau"
+    root.mkdir()
+    shutil.copy(fixture, root / "mmau-test-mini.json")
+    for record in records:
+        write_av(root / record["audio_id"], video=False)
+    _, clips, quarantined = ingest(file_store, root, "mmau")
+    assert quarantined == [] and len(clips) == len(records)
+    repeated = [r for r in records if len(set(r["choices"])) < len(r["choices"])]
+    assert repeated
+    for record in repeated:
+        clip = clips[f"mmau:{record['id']}"]
+        assert (clip.options, clip.label) == (record["choices"], record["answer"])
+        assert clip.meta_dict()["choices"] == record["choices"]
+
+
+def test_other_datasets_still_refuse_repeated_options():
+    clip = Clip("avqa:1", "avqa", "val", "file:///a.mp4", "file:///a.mp4", 1.0, "q?",
+                ["a dog", "a dog", "a car"], "a car", "acoustic", "Which")
+    assert ingest_mod.validate_clip(clip)[0] == "duplicate_options"
+    assert ingest_mod.validate_clip(clip, repeated_options=True) is None
+
+
 def test_rerun_reuses_shards_and_a_changed_video_redoes_only_its_shard(tmp_path, file_store, monkeypatch):
     make_dataset(tmp_path / "m", "music_avqa")
     first, _, _ = ingest(file_store, tmp_path / "m", "music_avqa", shard_size=3)

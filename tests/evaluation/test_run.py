@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from mmau_data import Scripted, write_mmau_root
+from mmau_data import RELEASES, Scripted, records, write_mmau_root
 from test_mmau_file import OUTPUTS
 
 import sightsound_core.evaluation.run as run_module
 from sightsound_core.config import BenchmarkConfig, EvaluateConfig, IngestConfig, PipelineConfig
 from sightsound_core.datasets.ingest import run_ingest
+from sightsound_core.evaluation.mmau import official_breakdown
 from sightsound_core.evaluation.run import run_evaluate
 from sightsound_core.pipeline import benchmark_stage, open_store
 from sightsound_core.schemas import Clip, Prediction
@@ -88,7 +89,7 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     assert set(synthetic["by_family"]) <= {"visual", "acoustic"} and synthetic["all"]["n"] == 10
     info = summary["benchmarks"]["mmau-mini"]
     assert info["scorer"] == "mmau" and info["annotation_version"] == "v-test" and info["items"] == 6
-    assert info["answer_rule"] == "answer_block_or_raw"
+    assert info["answer_rule"] == "answer_block_or_raw" and info["file_items"] == 6
     assert info["annotations"] == [f"file://{cfg.evaluate.benchmarks[0].ingest.path}/mmau-test-mini.json"]
     assert summary["benchmarks"]["synthetic"]["prediction_files"] == {}
 
@@ -138,3 +139,56 @@ def test_benchmark_config_rules():
     assert ok.content_hash() != other.content_hash()
     assert EvaluateConfig(batch_size=64).content_hash() == EvaluateConfig().content_hash()
     assert EvaluateConfig(backend="vllm").content_hash() != EvaluateConfig().content_hash()
+
+
+def _evaluate_mmau(tmp_path, root, release, answer):
+    """Ingest the MMAU root and evaluate one model that writes ``answer(question, options)``."""
+    cfg = PipelineConfig(
+        run="t",
+        store={"root": f"file://{tmp_path}/store"},
+        evaluate={
+            "models": ["cot"],
+            "benchmarks": [{"name": "mmau", "scorer": "mmau", "annotation_version": release,
+                            "ingest": {"dataset": "mmau", "path": str(root), "split": "test-mini"}}],
+        },
+    )
+    store = open_store(cfg)
+    bench = cfg.evaluate.benchmarks[0]
+    benchmarks = {"mmau": run_ingest(bench.ingest, store, cfg.run, benchmark_stage("mmau"))}
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "load_generator", lambda backend, path, device: Scripted(answer))
+    try:
+        ref = run_evaluate(cfg, store, {"cot": ("/c", "fp-c")}, benchmarks)
+    finally:
+        patch.undo()
+    return ref, store
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_mmau_items_with_repeated_choices_are_all_scored(tmp_path, release):
+    """Both releases have items whose choices repeat a string: every item of the file is scored,
+    as MMAU's official script scores it, and the prediction file keeps the choices as given."""
+    originals = records(RELEASES[release])
+    assert any(len(set(r["choices"])) < len(r["choices"]) for r in originals)
+    root = write_mmau_root(tmp_path / "mmau", fixture=RELEASES[release])
+    # The model answers each item's label, so every item is correct when it is scored.
+    by_question = {r["question"]: r["answer"] for r in originals}
+    ref, store = _evaluate_mmau(
+        tmp_path, root, release, lambda q, options: f"<think>x</think><answer>{by_question[q]}</answer>"
+    )
+    info = ref.manifest["summary"]["benchmarks"]["mmau"]
+    assert info["items"] == info["file_items"] == len(originals)
+    assert ref.manifest["summary"]["accuracy"]["cot"]["mmau"]["all"]["correct"] == len(originals)
+    data = json.loads(store.read_bytes(info["prediction_files"]["cot"]))
+    assert [d["choices"] for d in data] == [r["choices"] for r in originals]
+    assert [d["answer"] for d in data] == [r["answer"] for r in originals]
+    assert {d["sightsound"]["annotation_version"] for d in data} == {release}
+    assert official_breakdown(data)["total"]["correct"] == len(originals)
+
+
+def test_the_summary_counts_the_file_items_ingest_could_not_use(tmp_path):
+    root = write_mmau_root(tmp_path / "mmau")
+    (root / records()[1]["audio_id"]).unlink()
+    ref, _ = _evaluate_mmau(tmp_path, root, "v-test", lambda q, options: "<answer>x</answer>")
+    info = ref.manifest["summary"]["benchmarks"]["mmau"]
+    assert (info["file_items"], info["items"]) == (6, 5)
