@@ -16,7 +16,8 @@ Sources (``IngestConfig.dataset``):
 
 Checks, cheapest first, each refusal a Quarantine row (``input`` is the clip id, or
 ``{annotations}#/{position}`` before an id is known): a record that is not an object, non-UTF-8
-text, missing or mistyped fields, a duplicate id (the first record with an id keeps it), a media
+text, missing or mistyped fields, an id that records give with different answers (all of them, for
+adapters that name the answer: MUSIC-AVQA), a duplicate id (the first record keeps it), a media
 path that escapes the root, too few options, options that repeat a string (except where the adapter
 keeps them: MMAU, whose official scorer reads the text) or a label not among them, then the media
 file itself (``media.decode.screen_media``: not found, empty, not media, truncated, over the
@@ -110,7 +111,7 @@ def dataset_root(cfg: IngestConfig, store: ObjectStore) -> DatasetRoot:
 
 
 def annotations_uri(cfg: IngestConfig, adapter: Adapter, root: DatasetRoot) -> str:
-    name = cfg.annotations or adapter.default_annotations(cfg.split)
+    name = cfg.annotations or adapter.default_annotations(cfg)
     if "://" in name or os.path.isabs(name):
         return name
     return join(root.uri, name)
@@ -139,6 +140,24 @@ def _first_positions(adapter: Adapter, records: list[Any]) -> dict[str, int]:
     return first
 
 
+def _conflicts(adapter: Adapter, records: list[Any]) -> dict[str, list[int]]:
+    """Ids that records give with different answers (``adapter.answer_of``): id -> positions."""
+    if adapter.answer_of is None:
+        return {}
+    positions: dict[str, list[int]] = {}
+    answers: dict[str, set[str]] = {}
+    for pos, record in enumerate(records):
+        native = _safe_id(adapter, record)
+        try:
+            answer = digest(adapter.answer_of(record))
+        except (Refused, TypeError, AttributeError):
+            continue
+        if native is not None:
+            positions.setdefault(native, []).append(pos)
+            answers.setdefault(native, set()).add(answer)
+    return {native: positions[native] for native, found in answers.items() if len(found) > 1}
+
+
 def _media_key(adapter: Adapter, record: Any) -> str | None:
     try:
         return posixpath.normpath(adapter.media_path(record))
@@ -147,15 +166,22 @@ def _media_key(adapter: Adapter, record: Any) -> str | None:
 
 
 def _records_fingerprint(
-    adapter: Adapter, records: list[Any], first: dict[str, int], context: Any, start: int, stop: int
+    adapter: Adapter,
+    records: list[Any],
+    first: dict[str, int],
+    conflicts: dict[str, list[int]],
+    context: Any,
+    start: int,
+    stop: int,
 ) -> str:
     """What shard ``start..stop``'s clips depend on in the annotation file: its records, which of
-    them are duplicates of earlier ones, and the part of the file-wide context they use."""
+    them are duplicates of earlier ones or share an id with a record of another answer, and the
+    part of the file-wide context they use."""
     part = records[start:stop]
-    duplicates = [
-        pos for pos in range(start, stop) if first.get(_safe_id(adapter, records[pos]) or "", pos) != pos
-    ]
-    return digest([part, duplicates, adapter.context_for(context, part)])
+    ids = [_safe_id(adapter, r) or "" for r in part]
+    duplicates = [pos for pos, native in zip(range(start, stop), ids) if first.get(native, pos) != pos]
+    conflicted = [pos for pos, native in zip(range(start, stop), ids) if native in conflicts]
+    return digest([part, duplicates, conflicted, adapter.context_for(context, part)])
 
 
 def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, Any]]:
@@ -168,6 +194,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
     except Refused as exc:
         return [{**head, "error": [exc.reason, exc.detail]}]
     first, context = _first_positions(adapter, records), adapter.context(records)
+    conflicts = _conflicts(adapter, records)
     listing = root.listing()
     sources = []
     for start in range(0, max(len(records), 1), cfg.shard_size):
@@ -178,7 +205,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
                 **head,
                 "start": start,
                 "stop": stop,
-                "records": _records_fingerprint(adapter, records, first, context, start, stop),
+                "records": _records_fingerprint(adapter, records, first, conflicts, context, start, stop),
                 "media": digest(media),
             }
         )
@@ -196,8 +223,9 @@ def _ingest_annotated(
     uri = src["annotations"]
     records = _read_records(cfg, store, uri)
     first, context = _first_positions(adapter, records), adapter.context(records)
+    conflicts = _conflicts(adapter, records)
     start, stop = src["start"], src["stop"]
-    if _records_fingerprint(adapter, records, first, context, start, stop) != src["records"]:
+    if _records_fingerprint(adapter, records, first, conflicts, context, start, stop) != src["records"]:
         raise RuntimeError(f"{uri} changed since this stage was planned; plan it again")
 
     clips: list[Clip] = []
@@ -212,6 +240,11 @@ def _ingest_annotated(
             native = adapter.native_id(record)
             item = f"{adapter.name}:{native}"
             check_text(record)
+            if native in conflicts:
+                raise Refused(
+                    "conflicting_answers",
+                    f"{item} is given with different answers by records {conflicts[native]}",
+                )
             if first[native] != pos:
                 raise Refused("duplicate_id", f"{item} already given by record {first[native]}")
             media_uri = root.resolve(adapter.media_path(record))

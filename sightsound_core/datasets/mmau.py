@@ -66,7 +66,7 @@ def to_clip(record: dict[str, Any], context: Any, cfg: IngestConfig, media_uri: 
 
 ADAPTER = Adapter(
     name="mmau",
-    default_annotations=lambda split: "mmau-test-mini.json",
+    default_annotations=lambda cfg: "mmau-test-mini.json",
     native_id=native_id,
     media_path=media_path,
     to_clip=to_clip,

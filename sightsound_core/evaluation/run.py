@@ -74,6 +74,14 @@ def _annotations(ref: StageRef) -> list[str]:
                    if isinstance(s.get("source"), dict) and s["source"].get("annotations")})
 
 
+def _annotation_version(bench: dict[str, Any]) -> str | None:
+    """The annotation release a benchmark scored (its config payload): MUSIC-AVQA's is the
+    release its ingest read."""
+    if bench["ingest"]["dataset"] == "music_avqa":
+        return bench["ingest"]["music_avqa_release"]
+    return bench["annotation_version"]
+
+
 def benchmark_config(cfg: PipelineConfig, name: str) -> BenchmarkConfig:
     return next(b for b in cfg.evaluate.benchmarks if b.name == name)
 
@@ -169,7 +177,7 @@ def evaluation_summary(store: ObjectStore, plan: StagePlan) -> dict[str, Any]:
         info = benchmarks.setdefault(name, {
             "scorer": bench["scorer"],
             "answer_rule": bench["answer_rule"],
-            "annotation_version": bench["annotation_version"],
+            "annotation_version": _annotation_version(bench),
             "annotations": job.source["annotations"],
             "dataset": bench["ingest"]["dataset"],
             "prediction_files": {},

@@ -138,6 +138,18 @@ def test_benchmark_config_rules():
     other = BenchmarkConfig(name="m", scorer="mmau", ingest=mmau, annotation_version="original")
     assert ok.content_hash() != other.content_hash()
     assert EvaluateConfig(batch_size=64).content_hash() == EvaluateConfig().content_hash()
+
+
+def test_music_avqa_annotation_version_is_the_release_ingest_read():
+    ingest = {"dataset": "music_avqa", "path": "/d", "split": "test"}
+    updated = BenchmarkConfig(name="m", scorer="music_avqa", ingest=ingest)
+    assert run_module._annotation_version(updated.hash_payload()) == "json_update"
+    original = BenchmarkConfig(name="m", scorer="music_avqa", annotation_version="original",
+                               ingest={**ingest, "music_avqa_release": "original"})
+    assert run_module._annotation_version(original.hash_payload()) == "original"
+    assert updated.content_hash() != original.content_hash()
+    with pytest.raises(ValueError, match="music_avqa_release is 'json_update'"):
+        BenchmarkConfig(name="m", scorer="music_avqa", annotation_version="original", ingest=ingest)
     assert EvaluateConfig(backend="vllm").content_hash() != EvaluateConfig().content_hash()
 
 
