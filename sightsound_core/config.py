@@ -388,8 +388,8 @@ class BenchmarkConfig(StageConfig):
     scorer: Literal["option", "avqa", "music_avqa", "mmau"] = Field(
         "option",
         description="Scoring rule (sightsound_core.evaluation.scoring): option (parsed option equals "
-        "the label: synthetic, folder), avqa, music_avqa, mmau (official string match on the "
-        "<answer> content). avqa, music_avqa and mmau go with their own dataset only.",
+        "the label: synthetic, folder), avqa, music_avqa, mmau (official string match). Each "
+        "reads the text answer_rule picks. avqa, music_avqa and mmau go with their own dataset only.",
     )
     annotation_version: str | None = Field(
         None,

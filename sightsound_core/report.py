@@ -164,7 +164,8 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
     sections.append(Section(
         "Results",
         ["Accuracy in percent [95% Wilson interval], every model the run produced on every "
-         "configured benchmark. MMAU: official string match on the `<answer>` content, 'avg' is "
+         "configured benchmark, on the text each benchmark's answer rule picks (see Benchmarks). "
+         "MMAU: official string match, 'avg' is "
          "the official total over all items. Synthetic: visual-correlate vs acoustic-only questions."],
         [results],
         ["accuracy"],

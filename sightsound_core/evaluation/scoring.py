@@ -5,7 +5,7 @@ One rule per benchmark, chosen by ``BenchmarkConfig.scorer`` and dispatched in `
     option      the parsed option equals the label (the synthetic world, folder data)
     avqa        AVQA's 4-way multiple choice: the parsed option equals the label
     music_avqa  MUSIC-AVQA as the ingest adapter documents it: each open answer became a choice
-                among answers of the same question type, so the parsed option equals the label
+                among answers of the same answer kind, so the parsed option equals the label
     mmau        MMAU's official string match on the scored text
 
 Which text is scored is the benchmark's answer rule (``BenchmarkConfig.answer_rule``), the same for
