@@ -148,7 +148,14 @@ class IngestConfig(StageConfig):
     annotations: str | None = Field(
         None,
         description="Annotation JSON: a path relative to `path`, or an absolute path / URI. Default: "
-        "avqa {split}_qa.json, music_avqa avqa-{split}.json, mmau mmau-test-mini.json.",
+        "avqa {split}_qa.json, music_avqa json_update/avqa-{split}.json (release json_update) or "
+        "avqa-{split}.json (release original), mmau mmau-test-mini.json.",
+    )
+    music_avqa_release: Literal["json_update", "original"] = Field(
+        "json_update",
+        description="MUSIC-AVQA annotation release: json_update (the authors' corrected "
+        "annotations, the default) or original (the first release). Picks the default "
+        "annotation file and is the benchmark's annotation version.",
     )
     split: str = Field("train", description="Split to read for real datasets, written on the clips.")
     n_options: int = Field(
@@ -392,6 +399,9 @@ class GRPOConfig(StageConfig):
     )
 
 
+AnswerRule = Literal["answer_block_or_raw", "answer_block"]
+
+
 class BenchmarkConfig(StageConfig):
     """One benchmark of the evaluate stage: its items (an ingest config) and its scoring rule.
 
@@ -405,14 +415,21 @@ class BenchmarkConfig(StageConfig):
     scorer: Literal["option", "avqa", "music_avqa", "mmau"] = Field(
         "option",
         description="Scoring rule (sightsound_core.evaluation.scoring): option (parsed option equals "
-        "the label: synthetic, folder), avqa, music_avqa, mmau (official string match on the "
-        "<answer> content). avqa, music_avqa and mmau go with their own dataset only.",
+        "the label: synthetic, folder), avqa, music_avqa, mmau (official string match). Each "
+        "reads the text answer_rule picks. avqa, music_avqa and mmau go with their own dataset only.",
     )
     annotation_version: str | None = Field(
         None,
         description="Which release of the annotations was scored, recorded with the scores and in "
         "the prediction file. Required for mmau: e.g. 'v05.15.25' (the May 2025 relabel) or "
-        "'original' (the 2024 release).",
+        "'original' (the 2024 release). music_avqa: ingest.music_avqa_release, recorded as it.",
+    )
+    answer_rule: AnswerRule = Field(
+        "answer_block_or_raw",
+        description="Which text of an output is scored, for every scorer: answer_block_or_raw (the "
+        "<answer> content, or the whole output when it has no <answer> tag, as R1-AQA scores) or "
+        "answer_block (strict: an output without an answer block scores 0). See "
+        "sightsound_core.evaluation.scoring.",
     )
 
     @model_validator(mode="after")
@@ -423,6 +440,12 @@ class BenchmarkConfig(StageConfig):
             raise ValueError(
                 f"benchmark {self.name!r}: dataset {dataset!r} cannot be scored by {self.scorer!r}"
                 + (f"; use scorer: {dataset}" if dataset in own_rule else "")
+            )
+        release = self.ingest.music_avqa_release
+        if dataset == "music_avqa" and self.annotation_version not in (None, release):
+            raise ValueError(
+                f"benchmark {self.name!r}: annotation_version {self.annotation_version!r} but "
+                f"ingest.music_avqa_release is {release!r}; set the release, the version follows it"
             )
         if self.scorer == "mmau" and not self.annotation_version:
             raise ValueError(

@@ -9,7 +9,8 @@ Sections, every number read from the run's own manifests and training logs:
     results     the paper's table: rows are models, columns AVQA, MMAU sound / music / speech /
                 avg, MUSIC-AVQA and the synthetic world's visual / acoustic families (those the run
                 configured), accuracy in percent with its 95% Wilson interval
-    benchmarks  scorer, items, annotation release and file, MMAU prediction files
+    benchmarks  scorer, answer rule, items in the file and items scored, annotation release and
+                file, MMAU prediction files
     accuracy    every model, benchmark and group (family, category; MMAU's difficulty and
                 sub-category, computed from the official prediction file)
     funnel      clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "report"
 # Bump when the report's content changes, so committed reports are rebuilt.
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 ROW_SCHEMA = pa.schema(
     [
         ("model_tag", pa.string()),
@@ -384,8 +385,9 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
     sections.append(Section(
         "Results",
         ["Accuracy in percent [95% Wilson interval], every model the run produced on every "
-         "configured benchmark. MMAU: official string match on the `<answer>` content, 'avg' is "
-         "the official total over all items. Synthetic: per question family (evidence tier) and all."],
+         "configured benchmark, on the text each benchmark's answer rule picks (see Benchmarks). "
+         "MMAU: official string match, 'avg' is the official total over all items. Synthetic: per "
+         "question family (evidence tier) and all."],
         [results],
         ["accuracy"],
     ))
@@ -394,7 +396,9 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
     for name, info in evaluation.get("benchmarks", {}).items():
         bench_rows.append([
             name, info["dataset"], info["scorer"], info.get("items", 0),
-            info.get("annotation_version") or "–", ", ".join(info.get("annotations") or []) or "–",
+            info.get("annotation_version") or "–", info.get("answer_rule") or "–",
+            info.get("file_items", "–"),
+            ", ".join(info.get("annotations") or []) or "–",
             ", ".join(u.rsplit("/", 1)[-1] for u in info.get("prediction_files", {}).values()) or "–",
         ])
     files = any(info.get("prediction_files") for info in evaluation.get("benchmarks", {}).values())
@@ -402,8 +406,8 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         f"MMAU prediction files (the input of MMAU's official evaluation.py) are in "
         f"`{data['evaluate_dir']}`."] if files else [], [Table(
         "benchmarks",
-        ["benchmark", "dataset", "scorer", "items", "annotation version", "annotations",
-         "prediction files"],
+        ["benchmark", "dataset", "scorer", "items scored", "annotation version", "answer rule",
+         "items in file", "annotations", "prediction files"],
         bench_rows,
     )]))
 

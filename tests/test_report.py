@@ -161,3 +161,17 @@ def test_artifacts_for_the_flow(demo):
     assert {"demo-results", "demo-accuracy", "demo-funnel", "demo-training"} <= keys
     results = art["tables"]["demo-results"]
     assert [r["model"] for r in results] == ["pretrained", "SFT, label only", "CoT SFT", "CoT SFT + GRPO"]
+
+
+def test_benchmarks_table_shows_how_each_benchmark_was_scored():
+    info = {"dataset": "mmau", "scorer": "mmau", "items": 5, "file_items": 6,
+            "annotation_version": "v05.15.25", "answer_rule": "answer_block",
+            "annotations": ["file:///d/mmau-test-mini.json"],
+            "prediction_files": {}}
+    data = {"evaluation": {"benchmarks": {"mmau-mini": info}, "accuracy": {}, "models": []},
+            "evaluate_dir": "file:///e", "rows": [], "funnel": None, "training": {}}
+    md = report_module.render_markdown("r", report_module.build_sections(data))
+    header = _table(md, "Benchmarks", header=True)
+    row = dict(zip(header, _table(md, "Benchmarks")[0]))
+    assert row["answer rule"] == "answer_block" and row["annotation version"] == "v05.15.25"
+    assert (row["items in file"], row["items scored"]) == ("6", "5")

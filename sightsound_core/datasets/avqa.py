@@ -69,7 +69,7 @@ def to_clip(record: dict[str, Any], context: Any, cfg: IngestConfig, media_uri: 
 
 ADAPTER = Adapter(
     name="avqa",
-    default_annotations=lambda split: f"{split}_qa.json",
+    default_annotations=lambda cfg: f"{cfg.split}_qa.json",
     native_id=native_id,
     media_path=media_path,
     to_clip=to_clip,

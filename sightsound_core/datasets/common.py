@@ -29,8 +29,8 @@ class Refused(InputRefused):
         reason: short code (the Quarantine reason): ``malformed_json``, ``malformed_record``,
             ``missing_field``, ``bad_field_type``, ``non_utf8_text``, ``duplicate_id``,
             ``label_not_in_options``, ``too_few_options``, ``path_escapes_root``,
-            ``not_found``, and the adapters' own (``question_deleted``, ``template_mismatch``,
-            ``changed_since_ingest``).
+            ``not_found``, ``conflicting_answers``, and the adapters' own (``question_deleted``,
+            ``template_mismatch``, ``changed_since_ingest``).
         detail: human-readable detail naming the item.
     """
 
@@ -41,7 +41,7 @@ class Adapter:
 
     Attributes:
         name: the Clip ``source`` and the clip id prefix (``{name}:{native id}``).
-        default_annotations: split -> annotation file name under the dataset root.
+        default_annotations: ingest config -> annotation file name under the dataset root.
         native_id: record -> the dataset's own id of the item, as text.
         media_path: record -> the media file's path relative to the dataset root.
         context: all records -> what a clip depends on beyond its own record (JSON-able).
@@ -49,15 +49,21 @@ class Adapter:
             it enters the shard's fingerprint, so a shard is recomputed when it changes.
         to_clip: (record, context, config, media URI) -> Clip with ``duration_s`` 0 (ingest sets
             it from the probed file).
+        repeated_options: whether an item whose options repeat a string is kept. Only for a
+            benchmark whose official scorer reads the answer's text, not its position (MMAU): it
+            must be scored on every item of its file. Elsewhere a repeat makes the letter of the
+            answer ambiguous, so the item is refused (``duplicate_options``).
     """
 
     name: str
-    default_annotations: Callable[[str], str]
+    default_annotations: Callable[[IngestConfig], str]
     native_id: Callable[[dict[str, Any]], str]
     media_path: Callable[[dict[str, Any]], str]
     to_clip: Callable[[dict[str, Any], Any, IngestConfig, str], Clip]
     context: Callable[[list[Any]], Any] = lambda records: None
     context_for: Callable[[Any, list[Any]], Any] = lambda context, records: None
+    repeated_options: bool = False
+    answer_of: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,12 @@ Sources (``IngestConfig.dataset``):
 
 Checks, cheapest first, each refusal a Quarantine row (``input`` is the clip id, or
 ``{annotations}#/{position}`` before an id is known): a record that is not an object, non-UTF-8
-text, missing or mistyped fields, a duplicate id (the first record with an id keeps it), a media
-path that escapes the root, too few options or a label not among them, then the media file itself
-(``media.decode.screen_media``: not found, empty, not media, truncated, over the configured
-duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
+text, missing or mistyped fields, an id that records give with different answers (all of them, for
+adapters that name the answer: MUSIC-AVQA), a duplicate id (the first record keeps it), a media
+path that escapes the root, too few options, options that repeat a string (except where the adapter
+keeps them: MMAU, whose official scorer reads the text) or a label not among them, then the media
+file itself (``media.decode.screen_media``: not found, empty, not media, truncated, over the
+configured duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ STAGE = "ingest"
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in (avqa.ADAPTER, music_avqa.ADAPTER, mmau.ADAPTER)}
 
 
-def validate_clip(clip: Clip) -> tuple[str, str] | None:
-    """Why a clip cannot be used, as (reason, detail), or None when it is fine."""
+def validate_clip(clip: Clip, repeated_options: bool = False) -> tuple[str, str] | None:
+    """Why a clip cannot be used, as (reason, detail), or None when it is fine. Options that repeat
+    a string are refused unless ``repeated_options`` (see ``Adapter.repeated_options``)."""
     if not clip.question.strip():
         return "missing_question", f"{clip.clip_id}: empty question"
     if len(clip.options) < 2:
         return "too_few_options", f"{clip.clip_id}: {len(clip.options)} option(s), need at least 2"
-    if len(set(clip.options)) != len(clip.options):
+    if not repeated_options and len(set(clip.options)) != len(clip.options):
         return "duplicate_options", f"{clip.clip_id}: options repeat: {clip.options}"
     if clip.label is not None and clip.label not in clip.options:
         return "label_not_in_options", f"{clip.clip_id}: label {clip.label!r} not in {clip.options}"
@@ -73,13 +76,15 @@ def quarantine(stage: str, item: str, reason: str, detail: str) -> Quarantine:
     return Quarantine(stage, safe_text(item), reason, safe_text(detail))
 
 
-def screen(clips: list[Clip], stage: str = STAGE) -> tuple[list[Clip], list[Quarantine]]:
+def screen(
+    clips: list[Clip], stage: str = STAGE, repeated_options: bool = False
+) -> tuple[list[Clip], list[Quarantine]]:
     """Split clips into usable ones and quarantine rows (bad fields, duplicate ids)."""
     good: list[Clip] = []
     bad: list[Quarantine] = []
     seen: set[str] = set()
     for clip in clips:
-        problem = validate_clip(clip)
+        problem = validate_clip(clip, repeated_options)
         if problem is None and clip.clip_id in seen:
             problem = ("duplicate_id", f"{clip.clip_id} appears more than once")
         if problem:
@@ -106,7 +111,7 @@ def dataset_root(cfg: IngestConfig, store: ObjectStore) -> DatasetRoot:
 
 
 def annotations_uri(cfg: IngestConfig, adapter: Adapter, root: DatasetRoot) -> str:
-    name = cfg.annotations or adapter.default_annotations(cfg.split)
+    name = cfg.annotations or adapter.default_annotations(cfg)
     if "://" in name or os.path.isabs(name):
         return name
     return join(root.uri, name)
@@ -135,6 +140,24 @@ def _first_positions(adapter: Adapter, records: list[Any]) -> dict[str, int]:
     return first
 
 
+def _conflicts(adapter: Adapter, records: list[Any]) -> dict[str, list[int]]:
+    """Ids that records give with different answers (``adapter.answer_of``): id -> positions."""
+    if adapter.answer_of is None:
+        return {}
+    positions: dict[str, list[int]] = {}
+    answers: dict[str, set[str]] = {}
+    for pos, record in enumerate(records):
+        native = _safe_id(adapter, record)
+        try:
+            answer = digest(adapter.answer_of(record))
+        except (Refused, TypeError, AttributeError):
+            continue
+        if native is not None:
+            positions.setdefault(native, []).append(pos)
+            answers.setdefault(native, set()).add(answer)
+    return {native: positions[native] for native, found in answers.items() if len(found) > 1}
+
+
 def _media_key(adapter: Adapter, record: Any) -> str | None:
     try:
         return posixpath.normpath(adapter.media_path(record))
@@ -143,15 +166,22 @@ def _media_key(adapter: Adapter, record: Any) -> str | None:
 
 
 def _records_fingerprint(
-    adapter: Adapter, records: list[Any], first: dict[str, int], context: Any, start: int, stop: int
+    adapter: Adapter,
+    records: list[Any],
+    first: dict[str, int],
+    conflicts: dict[str, list[int]],
+    context: Any,
+    start: int,
+    stop: int,
 ) -> str:
     """What shard ``start..stop``'s clips depend on in the annotation file: its records, which of
-    them are duplicates of earlier ones, and the part of the file-wide context they use."""
+    them are duplicates of earlier ones or share an id with a record of another answer, and the
+    part of the file-wide context they use."""
     part = records[start:stop]
-    duplicates = [
-        pos for pos in range(start, stop) if first.get(_safe_id(adapter, records[pos]) or "", pos) != pos
-    ]
-    return digest([part, duplicates, adapter.context_for(context, part)])
+    ids = [_safe_id(adapter, r) or "" for r in part]
+    duplicates = [pos for pos, native in zip(range(start, stop), ids) if first.get(native, pos) != pos]
+    conflicted = [pos for pos, native in zip(range(start, stop), ids) if native in conflicts]
+    return digest([part, duplicates, conflicted, adapter.context_for(context, part)])
 
 
 def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, Any]]:
@@ -164,6 +194,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
     except Refused as exc:
         return [{**head, "error": [exc.reason, exc.detail]}]
     first, context = _first_positions(adapter, records), adapter.context(records)
+    conflicts = _conflicts(adapter, records)
     listing = root.listing()
     sources = []
     for start in range(0, max(len(records), 1), cfg.shard_size):
@@ -174,7 +205,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
                 **head,
                 "start": start,
                 "stop": stop,
-                "records": _records_fingerprint(adapter, records, first, context, start, stop),
+                "records": _records_fingerprint(adapter, records, first, conflicts, context, start, stop),
                 "media": digest(media),
             }
         )
@@ -192,8 +223,9 @@ def _ingest_annotated(
     uri = src["annotations"]
     records = _read_records(cfg, store, uri)
     first, context = _first_positions(adapter, records), adapter.context(records)
+    conflicts = _conflicts(adapter, records)
     start, stop = src["start"], src["stop"]
-    if _records_fingerprint(adapter, records, first, context, start, stop) != src["records"]:
+    if _records_fingerprint(adapter, records, first, conflicts, context, start, stop) != src["records"]:
         raise RuntimeError(f"{uri} changed since this stage was planned; plan it again")
 
     clips: list[Clip] = []
@@ -208,11 +240,16 @@ def _ingest_annotated(
             native = adapter.native_id(record)
             item = f"{adapter.name}:{native}"
             check_text(record)
+            if native in conflicts:
+                raise Refused(
+                    "conflicting_answers",
+                    f"{item} is given with different answers by records {conflicts[native]}",
+                )
             if first[native] != pos:
                 raise Refused("duplicate_id", f"{item} already given by record {first[native]}")
             media_uri = root.resolve(adapter.media_path(record))
             clip = adapter.to_clip(record, context, cfg, media_uri)
-            problem = validate_clip(clip)
+            problem = validate_clip(clip, adapter.repeated_options)
             if problem:
                 raise Refused(*problem)
             info = _screen(cfg, root, media_uri, probed)
@@ -300,7 +337,8 @@ def ingest_shard(
         clips, bad = _ingest_folder(cfg, store, job)
     else:
         clips, bad = _ingest_annotated(cfg, store, job)
-    good, refused = screen(clips, job.stage)
+    adapter = ADAPTERS.get(cfg.dataset)
+    good, refused = screen(clips, job.stage, adapter is not None and adapter.repeated_options)
     bad += refused
     if bad:
         log.info("%s shard %d: %d clips, %d quarantined", job.stage, job.index, len(good), len(bad))

@@ -8,6 +8,10 @@
      "category": "Perception", "sub-category": "Tempo", "difficulty": "easy"}
 
 ``audio_id`` is a path relative to the dataset root. ``answer`` is the text of one of ``choices``.
+Some items repeat a string among their choices (``["four", "nine", "fourteen", "fourteen"]``), in the
+original release and in the v05.15.25 relabel alike. The official scorer reads the answer's text,
+never its position, and scores those items, so they are kept with ``choices`` exactly as given
+(``Adapter.repeated_options``): MMAU is scored on every item of its file.
 ``task`` (sound / music / speech) is the split papers report, so it is the clip's ``category``;
 every clip is ``acoustic`` and has no video. The official scorer works on the original record, so
 ``meta`` keeps ``choices``, ``answer``, ``task``, ``category`` (sometimes a list),
@@ -62,8 +66,9 @@ def to_clip(record: dict[str, Any], context: Any, cfg: IngestConfig, media_uri: 
 
 ADAPTER = Adapter(
     name="mmau",
-    default_annotations=lambda split: "mmau-test-mini.json",
+    default_annotations=lambda cfg: "mmau-test-mini.json",
     native_id=native_id,
     media_path=media_path,
     to_clip=to_clip,
+    repeated_options=True,
 )

@@ -1,10 +1,16 @@
 """MUSIC-AVQA (Li et al., CVPR 2022): open-answer questions on music performance videos.
 
-Annotation files ``avqa-{train,val,test}.json`` are JSON arrays of records::
+Annotation files are JSON arrays of records::
 
     {"video_id": "00006835", "question_id": 41, "type": "[\\"Audio\\", \\"Counting\\"]",
      "question_content": "Is the <Object> in the video always playing?",
      "templ_values": "[\\"suona\\"]", "question_deleted": 0, "anser": "yes"}
+
+Two releases exist (``IngestConfig.music_avqa_release``): ``json_update`` (the default), the
+authors' corrected annotations, read from ``json_update/avqa-{split}.json`` under the dataset root,
+and ``original``, the first release, read from ``avqa-{split}.json`` at the root (the release
+ships it in ``json/``: point ``ingest.annotations`` there or copy it). The release read is the
+benchmark's annotation version in the evaluate summary and the report.
 
 ``type`` and ``templ_values`` are JSON *strings*; each ``<Placeholder>`` of ``question_content``
 is filled, in order, from ``templ_values`` (a count mismatch is refused: ``template_mismatch``).
@@ -12,13 +18,35 @@ The answer key is spelled ``anser``. Records flagged ``question_deleted`` were w
 dataset's authors and are quarantined (``question_deleted``), not silently skipped. The video is
 ``{video_id}.mp4`` under the dataset root; clip ids are ``music_avqa:{question_id}``.
 
-Open answers become options, because an audio LM is scored here on a choice: the options are the
-gold answer plus up to ``n_options - 1`` distractors drawn from the distinct answers of the *same
-question type* (e.g. ``Audio-Visual/Counting``) among the split's non-deleted records, so the
-distractors are always plausible in kind (numbers for counting, yes/no for existence, instruments
-for "which"). The draw and the order are seeded by the question id alone: the same file gives the
-same options in any process, shard or run. A type with fewer distinct answers gives fewer options
-(yes/no questions get two); a question with no distractor at all is refused (``too_few_options``).
+A question id given by several records with *different* answers cannot be scored: every one of
+those records is quarantined (``conflicting_answers``), none is guessed right. Records that
+repeat an id with the same answer keep the usual rule: the first is used, the later ones are
+``duplicate_id``.
+
+Open answers become options, because an audio LM is scored here on a choice: the gold answer plus
+up to ``n_options - 1`` distractors of the same *answer kind*. A question type mixes kinds (the
+counting types also hold yes/no answers; Audio-Visual/Location mixes instruments, sides and yes/no;
+Visual/Location mixes instruments and indoor/outdoor), so distractors drawn from the type would
+leave the gold answer the only option of its kind, guessable from its form alone. The kinds of the
+42 public answers:
+
+    yes_no      yes, no
+    number      zero, one, two, three, four, five, six, seven, eight, nine, ten, more than ten
+    instrument  accordion, acoustic_guitar, bagpipe, banjo, bassoon, cello, clarinet, congas,
+                drum, electric_bass, erhu, flute, guzheng, piano, pipa, saxophone, suona,
+                trumpet, tuba, ukulele, violin, xylophone
+    position    left, middle, right
+    place       indoor, outdoor
+    timing      simultaneously
+    other       any answer outside this vocabulary
+
+Distractors are the distinct answers of the gold answer's kind among the split's non-deleted
+records (whatever their question type). The draw and the order are seeded by the question id
+alone: the same file gives the same options in any process, shard or run. A kind with fewer
+answers than ``n_options`` gives fewer options (yes/no questions get two, place questions two,
+position questions three) rather than a distractor of another kind; an answer that is the only one
+of its kind in the split (``simultaneously`` always is) has no distractor and is refused
+(``too_few_options``, naming the kind).
 Family: Audio -> acoustic, Visual -> visual, Audio-Visual -> unknown.
 """
 
@@ -35,6 +63,20 @@ from sightsound_core.schemas import Clip
 
 PLACEHOLDER = re.compile(r"<[^<>\s]+>")
 FAMILIES = {"Audio": "acoustic", "Visual": "visual"}
+ANSWER_KINDS: dict[str, tuple[str, ...]] = {
+    "yes_no": ("yes", "no"),
+    "number": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+               "ten", "more than ten"),
+    "instrument": ("accordion", "acoustic_guitar", "bagpipe", "banjo", "bassoon", "cello",
+                   "clarinet", "congas", "drum", "electric_bass", "erhu", "flute", "guzheng",
+                   "piano", "pipa", "saxophone", "suona", "trumpet", "tuba", "ukulele", "violin",
+                   "xylophone"),
+    "position": ("left", "middle", "right"),
+    "place": ("indoor", "outdoor"),
+    "timing": ("simultaneously",),
+}
+KIND_OF = {answer: kind for kind, answers in ANSWER_KINDS.items() for answer in answers}
+RELEASE_FILES = {"json_update": "json_update/avqa-{split}.json", "original": "avqa-{split}.json"}
 
 
 def native_id(record: dict[str, Any]) -> str:
@@ -67,15 +109,24 @@ def fill_template(content: str, values: list[str]) -> str:
     return PLACEHOLDER.sub(lambda _: next(filled), content)
 
 
+def answer_kind(answer: str) -> str:
+    """The kind of an answer (see the module docstring).
+
+    >>> [answer_kind(a) for a in ("no", "more than ten", "erhu", "middle", "outdoor", "banana")]
+    ['yes_no', 'number', 'instrument', 'position', 'place', 'other']
+    """
+    return KIND_OF.get(answer, "other")
+
+
 def answer_pools(records: list[Any]) -> dict[str, list[str]]:
-    """Distinct answers of each question type ("Audio/Counting") among usable records, sorted."""
+    """Distinct answers of each answer kind ("number") among non-deleted records, sorted."""
     pools: dict[str, set[str]] = {}
     for record in records:
         try:
             if not isinstance(record, dict) or record.get("question_deleted"):
                 continue
             answer = field(record, "anser", str)
-            pools.setdefault("/".join(question_type(record)), set()).add(answer)
+            pools.setdefault(answer_kind(answer), set()).add(answer)
         except Refused:
             continue
     return {kind: sorted(answers) for kind, answers in sorted(pools.items())}
@@ -112,7 +163,13 @@ def to_clip(
     question = fill_template(field(record, "question_content", str), values)
     answer = field(record, "anser", str)
     category = "/".join(kind)
-    options = build_options(answer, pools.get(category, []), qid, cfg.n_options)
+    answers_kind = answer_kind(answer)
+    options = build_options(answer, pools.get(answers_kind, []), qid, cfg.n_options)
+    if len(options) < 2:
+        raise Refused(
+            "too_few_options",
+            f"answer {answer!r} is the only {answers_kind} answer in the split: no distractor of its kind",
+        )
     meta = {
         "video_id": record["video_id"],
         "question_id": qid,
@@ -120,6 +177,7 @@ def to_clip(
         "question_content": record["question_content"],
         "templ_values": values,
         "answer": answer,
+        "answer_kind": answers_kind,
     }
     return Clip(
         clip_id=f"music_avqa:{qid}",
@@ -137,11 +195,15 @@ def to_clip(
     )
 
 
+def answer_of(record: dict[str, Any]) -> str:
+    return field(record, "anser", str)
+
+
 def _pools_for(pools: dict[str, list[str]], records: list[Any]) -> dict[str, list[str]]:
     kinds = set()
     for record in records:
         try:
-            kinds.add("/".join(question_type(record)))
+            kinds.add(answer_kind(answer_of(record)))
         except (Refused, TypeError, AttributeError):
             continue
     return {k: pools[k] for k in sorted(kinds) if k in pools}
@@ -149,10 +211,11 @@ def _pools_for(pools: dict[str, list[str]], records: list[Any]) -> dict[str, lis
 
 ADAPTER = Adapter(
     name="music_avqa",
-    default_annotations=lambda split: f"avqa-{split}.json",
+    default_annotations=lambda cfg: RELEASE_FILES[cfg.music_avqa_release].format(split=cfg.split),
     native_id=native_id,
     media_path=media_path,
     to_clip=to_clip,
     context=answer_pools,
     context_for=_pools_for,
+    answer_of=answer_of,
 )

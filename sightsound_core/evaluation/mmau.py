@@ -3,9 +3,11 @@
 MMAU's ``evaluation.py`` reads a JSON array of the benchmark's own records with the model's text
 added under ``model_output`` (its README says ``model_prediction``; both are written), and indexes
 ``answer``, ``choices``, ``task`` (sound / music / speech), ``difficulty`` (easy / medium / hard)
-and ``sub-category`` of each. We put the ``<answer>`` content there, the very text our score was
-computed on, so the official script and ``scoring.score_mmau`` agree item by item. The full
-generation, our verdict and the annotation version ride along under the key ``sightsound``.
+and ``sub-category`` of each. We put the text our score was computed on there (the benchmark's
+answer rule picks it: the ``<answer>`` content, or the raw output when it has no answer tag and the
+rule allows it), so the official script and ``scoring.score_mmau`` agree item by item. The full
+generation, our verdict, the answer rule and the annotation version ride along under the key
+``sightsound``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sightsound_core.config import AnswerRule
 from sightsound_core.evaluation.scoring import accuracy, answer_text, mmau_match
 from sightsound_core.schemas import Clip, Prediction
 
@@ -25,11 +28,14 @@ RECORD_FIELDS = (
 )
 
 
-def prediction_record(clip: Clip, prediction: Prediction, annotation_version: str | None) -> dict[str, Any]:
+def prediction_record(
+    clip: Clip, prediction: Prediction, annotation_version: str | None, answer_rule: AnswerRule
+) -> dict[str, Any]:
     """The item's original MMAU record plus ``model_output`` / ``model_prediction``.
 
-    ``question``, ``choices`` and ``answer`` are the clip's, which is what was asked and scored;
-    the rest comes from the clip's ``meta`` as the MMAU adapter kept it.
+    ``question``, ``choices`` and ``answer`` are the clip's, which is what was asked and scored
+    (``choices`` as the release gives them, a repeated string included); the rest comes from the
+    clip's ``meta`` as the MMAU adapter kept it.
     """
     meta = clip.meta_dict()
     record = {k: meta[k] for k in RECORD_FIELDS if k in meta}
@@ -41,7 +47,7 @@ def prediction_record(clip: Clip, prediction: Prediction, annotation_version: st
                 "official script cannot score it"
             )
     record = {k: record[k] for k in RECORD_FIELDS if k in record}
-    text = answer_text(prediction.raw)
+    text = answer_text(prediction.raw, answer_rule)
     record["model_output"] = text
     record["model_prediction"] = text
     record["sightsound"] = {
@@ -50,6 +56,7 @@ def prediction_record(clip: Clip, prediction: Prediction, annotation_version: st
         "raw_output": prediction.raw,
         "correct": prediction.correct,
         "annotation_version": annotation_version,
+        "answer_rule": answer_rule,
     }
     return record
 

@@ -8,7 +8,11 @@ shard (so a committed shard always has its file): ``mmau-{model}-{benchmark}.jso
 The manifest summary holds, per model and benchmark, accuracy with 95% intervals overall, per
 question family and per category (MMAU: task; AVQA and MUSIC-AVQA: question type; synthetic:
 question kind), MMAU's official breakdown recomputed from the prediction file, and per benchmark
-its scorer, annotation release and source, and where the prediction files are.
+its scorer, answer rule, annotation release and source, where the prediction files are, and two
+counts: ``file_items``, the items its ingest read (every record of the annotation file, unless
+``ingest.limit``: clips plus quarantine rows), and ``items``, those scored. They differ by what
+ingest quarantined and by unlabelled items; for MMAU they must be equal, as the official scorer
+scores every item of the file.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def plan_evaluate(
             "benchmark": name,
             "bench_fp": ref.fingerprint,
             "annotations": _annotations(ref),
+            "file_items": ref.manifest["rows"] + ref.manifest["quarantined"],
         }
         for tag in cfg.evaluate.models
         if tag in models
@@ -68,6 +73,14 @@ def _annotations(ref: StageRef) -> list[str]:
     """The annotation files a benchmark's items came from (none for the synthetic world)."""
     return sorted({s["source"]["annotations"] for s in ref.manifest["shards"]
                    if isinstance(s.get("source"), dict) and s["source"].get("annotations")})
+
+
+def _annotation_version(bench: dict[str, Any]) -> str | None:
+    """The annotation release a benchmark scored (its config payload): MUSIC-AVQA's is the
+    release its ingest read."""
+    if bench["ingest"]["dataset"] == "music_avqa":
+        return bench["ingest"]["music_avqa_release"]
+    return bench["annotation_version"]
 
 
 def benchmark_config(cfg: PipelineConfig, name: str) -> BenchmarkConfig:
@@ -94,7 +107,7 @@ def score_all(
     """
     rows = []
     for clip, text in zip(clips, texts, strict=True):
-        scored = score(bench.scorer, text, clip)
+        scored = score(bench.scorer, text, clip, bench.answer_rule)
         claims = contradicted = 0
         if load_audio is not None and clip.source == "synthetic":
             from sightsound_core.backends.sim import claim_support
@@ -128,7 +141,8 @@ def evaluate_shard(
     rows = score_all(tag, bench, clips, texts, load_audio)
     # -- the official MMAU prediction file, written before the shard commits
     if bench.scorer == "mmau":
-        records = [prediction_record(c, p, bench.annotation_version) for c, p in zip(clips, rows)]
+        records = [prediction_record(c, p, bench.annotation_version, bench.answer_rule)
+                   for c, p in zip(clips, rows)]
         store.write_bytes(mmau_file_uri(job), prediction_json(records))
     log.info("evaluate %s on %s: %d items, %d correct", tag, name, len(rows), sum(p.correct for p in rows))
     return Prediction.to_table(rows), Quarantine.to_table(bad)
@@ -243,7 +257,8 @@ def evaluation_summary(
         bench = configs[name]
         info = benchmarks.setdefault(name, {
             "scorer": bench["scorer"],
-            "annotation_version": bench["annotation_version"],
+            "answer_rule": bench["answer_rule"],
+            "annotation_version": _annotation_version(bench),
             "annotations": job.source["annotations"],
             "dataset": bench["ingest"]["dataset"],
             "prediction_files": {},
@@ -259,6 +274,10 @@ def evaluation_summary(
             name, {"all": accuracy([]), "by_family": {}, "by_category": {}}
         )
         info["items"] = entry["all"]["n"]
+        info["file_items"] = job.source["file_items"]
+        if bench["scorer"] == "mmau" and info["items"] != info["file_items"]:
+            log.warning("evaluate: %s scored %d of the %d items of its file; MMAU's official "
+                        "scorer scores them all", name, info["items"], info["file_items"])
         if bench["scorer"] == "mmau":
             uri = mmau_file_uri(job)
             info["prediction_files"][tag] = uri

@@ -5,11 +5,23 @@ One rule per benchmark, chosen by ``BenchmarkConfig.scorer`` and dispatched in `
     option      the parsed option equals the label (the synthetic world, folder data)
     avqa        AVQA's 4-way multiple choice: the parsed option equals the label
     music_avqa  MUSIC-AVQA as the ingest adapter documents it: each open answer became a choice
-                among answers of the same question type, so the parsed option equals the label
-    mmau        MMAU's official string match, applied to the ``<answer>`` content only
+                among answers of the same answer kind, so the parsed option equals the label
+    mmau        MMAU's official string match on the scored text
+
+Which text is scored is the benchmark's answer rule (``BenchmarkConfig.answer_rule``), the same for
+every scorer so that baselines are compared fairly:
+
+    answer_block_or_raw  the ``<answer>`` content when the output has an ``<answer>`` tag, the whole
+                         raw output when it has none (as R1-AQA scores: a pretrained model that never
+                         learnt the tags is still read); the default
+    answer_block         the ``<answer>`` content only: an output without an answer block scores 0
+
+An output that opens an ``<answer>`` tag but holds no single well-formed block (two blocks, nested
+tags, cut off before ``</answer>``) scores nothing under either rule: it tried to use the format
+and failed, and the raw text would let the reasoning be scored.
 
 Every rule returns a ``Scored``: the option the answer stands for (None when none), whether it is
-correct, and the ``<answer>`` text that was scored.
+correct, and the text that was scored.
 """
 
 from __future__ import annotations
@@ -19,7 +31,8 @@ import math
 import re
 from typing import Callable
 
-from sightsound_core.answers import parse_response
+from sightsound_core.answers import NO_ANSWER_TAG, match_option, parse_response
+from sightsound_core.config import AnswerRule
 from sightsound_core.schemas import Clip
 
 _WORD_RE = re.compile(r"\b\w+\b")
@@ -32,7 +45,7 @@ class Scored:
     Attributes:
         answer: the option the answer stands for under the benchmark's rule, None when none.
         correct: the benchmark's verdict.
-        answer_text: content of the ``<answer>`` block ('' when there is none): what was scored.
+        answer_text: the text that was scored under the answer rule ('' when none).
     """
 
     answer: str | None
@@ -40,28 +53,41 @@ class Scored:
     answer_text: str
 
 
-def answer_text(raw: str | None) -> str:
-    """The ``<answer>`` content the rules score ('' when the text has no single answer block).
+def answer_text(raw: str | None, rule: AnswerRule) -> str:
+    """The text the benchmark scores under ``rule`` ('' when there is none; see module docstring).
 
-    >>> answer_text("<think>not a woman</think><answer> Man </answer>")
+    >>> answer_text("<think>not a woman</think><answer> Man </answer>", "answer_block")
     'Man'
-    >>> answer_text("Man")
+    >>> answer_text(" Man ", "answer_block_or_raw")
+    'Man'
+    >>> answer_text("Man", "answer_block")
+    ''
+    >>> answer_text("<answer>Man</answer><answer>Woman</answer>", "answer_block_or_raw")
     ''
     """
-    return parse_response(raw).answer_text or ""
+    parsed = parse_response(raw)
+    if parsed.answer_text is not None:
+        return parsed.answer_text
+    if rule == "answer_block_or_raw" and parsed.status == NO_ANSWER_TAG and raw is not None:
+        return raw.strip()
+    return ""
 
 
 # -- option / AVQA ---------------------------------------------------------------------------------
-def score_option(raw: str, options: list[str], label: str) -> Scored:
-    """The parsed option, correct when it equals the label (synthetic world, AVQA).
+def score_option(raw: str, options: list[str], label: str, rule: AnswerRule) -> Scored:
+    """The option the scored text names (the shared parser's ``match_option``), correct when it
+    equals the label (synthetic world, AVQA, MUSIC-AVQA).
 
-    >>> score_option("<think>high</think><answer>B</answer>", ["low", "high"], "high")
+    >>> score_option("<think>high</think><answer>B</answer>", ["low", "high"], "high", "answer_block")
     Scored(answer='high', correct=True, answer_text='B')
-    >>> score_option("high", ["low", "high"], "high").correct
+    >>> score_option("high", ["low", "high"], "high", "answer_block_or_raw").correct
+    True
+    >>> score_option("high", ["low", "high"], "high", "answer_block").correct
     False
     """
-    parsed = parse_response(raw, options)
-    return Scored(parsed.option, parsed.option == label, parsed.answer_text or "")
+    text = answer_text(raw, rule)
+    option = match_option(text, options) if text else None
+    return Scored(option, option == label, text)
 
 
 # -- MMAU ------------------------------------------------------------------------------------------
@@ -98,20 +124,23 @@ def mmau_match(prediction: str, answer: str, choices: list[str]) -> bool:
     return wanted <= predicted and predicted.isdisjoint(only_wrong)
 
 
-def score_mmau(raw: str, choices: list[str], label: str) -> Scored:
-    """MMAU: the official rule on the ``<answer>`` content; the reasoning is never scored.
+def score_mmau(raw: str, choices: list[str], label: str, rule: AnswerRule) -> Scored:
+    """MMAU: the official rule on the scored text. When the output has an answer block, the
+    reasoning outside it is never scored.
 
     ``answer`` is the first choice the rule accepts for the same text (None when it accepts none).
+    ``choices`` may repeat a string (some test-mini items do): the rule works on token sets, so a
+    repeat changes nothing.
 
-    >>> score_mmau("<think>Not a woman.</think><answer>Man</answer>", ["Man", "Woman"], "Man")
+    >>> score_mmau("<think>Not a woman.</think><answer>Man</answer>", ["Man", "Woman"], "Man", "answer_block")
     Scored(answer='Man', correct=True, answer_text='Man')
     """
-    text = answer_text(raw)
+    text = answer_text(raw, rule)
     accepted = next((c for c in choices if mmau_match(text, c, choices)), None)
     return Scored(accepted, mmau_match(text, label, choices), text)
 
 
-RULES: dict[str, Callable[[str, list[str], str], Scored]] = {
+RULES: dict[str, Callable[[str, list[str], str, AnswerRule], Scored]] = {
     "option": score_option,
     "avqa": score_option,
     "music_avqa": score_option,
@@ -119,11 +148,11 @@ RULES: dict[str, Callable[[str, list[str], str], Scored]] = {
 }
 
 
-def score(scorer: str, raw: str, clip: Clip) -> Scored:
-    """Score one generated text on one labelled item with the benchmark's rule."""
+def score(scorer: str, raw: str, clip: Clip, rule: AnswerRule) -> Scored:
+    """Score one generated text on one labelled item with the benchmark's scorer and answer rule."""
     if clip.label is None:
         raise ValueError(f"{clip.clip_id}: cannot score an unlabelled item")
-    return RULES[scorer](raw, list(clip.options), clip.label)
+    return RULES[scorer](raw, list(clip.options), clip.label, rule)
 
 
 # -- statistics ------------------------------------------------------------------------------------

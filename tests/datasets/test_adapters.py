@@ -23,18 +23,21 @@ from sightsound_core.stage import read_all
 SPLITS = {"avqa": "val", "music_avqa": "test", "mmau": "test"}
 
 
-def make_dataset(root, name):
-    """Copy a fixture annotation file and write every media file it names."""
+def make_dataset(root, name, annotations=None):
+    """Copy a dataset's fixture folder, write every media file its annotation files name, and return
+    the records of ``annotations`` (default: the folder's only file; MUSIC-AVQA's updated release)."""
     shutil.copytree(FIXTURES / name, root)
-    records = json.loads(next(root.glob("*.json")).read_text())
-    for record in records:
+    every = [r for path in sorted(root.rglob("*.json")) for r in json.loads(path.read_text())]
+    for record in every:
         if name == "avqa":
             write_av(root / f"{record['video_name']}.mp4")
         elif name == "music_avqa":
             write_av(root / f"{record['video_id']}.mp4")
         else:
             write_av(root / record["audio_id"], seconds=1.5, video=False)
-    return records
+    if annotations is None and name == "music_avqa":
+        annotations = "json_update/avqa-test.json"
+    return json.loads((root / annotations).read_text()) if annotations else every
 
 
 def ingest(store, root, name, **kw):
@@ -67,23 +70,78 @@ def test_avqa(tmp_path, file_store):
 
 
 def test_music_avqa_fills_templates_and_builds_seeded_options(tmp_path, file_store):
-    records = make_dataset(tmp_path / "m", "music_avqa")
-    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa")
+    records = make_dataset(tmp_path / "m", "music_avqa", "avqa-test.json")
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa", music_avqa_release="original")
     assert [(q.input, q.reason) for q in quarantined] == [("music_avqa:64", "question_deleted")]
     assert clips["music_avqa:59"].question == "Is the piano on the left of the violin?"
     assert clips["music_avqa:42"].question == "Is the suona in the video always playing?"
     pools = music_avqa.answer_pools(records)
     # "five" belongs to a deleted question: never a distractor.
-    assert pools["Audio/Counting"] == ["four", "one", "three", "two"]
+    assert pools["number"] == ["four", "one", "three", "two"]
     for record in records[:-1]:
         clip = clips[f"music_avqa:{record['question_id']}"]
-        kind = "/".join(json.loads(record["type"]))
-        assert clip.label == record["anser"] and clip.category == kind
+        kind = music_avqa.answer_kind(record["anser"])
+        assert clip.label == record["anser"] and clip.category == "/".join(json.loads(record["type"]))
         assert len(set(clip.options)) == len(clip.options) == min(4, len(pools[kind]))
         assert set(clip.options) <= set(pools[kind])
     assert clips["music_avqa:42"].family == "unknown"
     assert clips["music_avqa:41"].family == "acoustic" and clips["music_avqa:58"].family == "visual"
     assert sorted(clips["music_avqa:42"].options) == ["no", "yes"]
+
+
+def test_music_avqa_reads_the_updated_release_by_default(tmp_path, file_store):
+    make_dataset(tmp_path / "m", "music_avqa")
+    ref, clips, _ = ingest(file_store, tmp_path / "m", "music_avqa")
+    assert ref.manifest["shards"][0]["source"]["annotations"].endswith("/m/json_update/avqa-test.json")
+    assert "music_avqa:70" in clips
+    _, original, _ = ingest(file_store, tmp_path / "m", "music_avqa", music_avqa_release="original")
+    assert "music_avqa:70" not in original and "music_avqa:41" in original
+
+
+def test_music_avqa_options_never_single_out_the_label_by_its_kind(tmp_path, file_store):
+    records = make_dataset(tmp_path / "m", "music_avqa")
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa")
+    # The fixture's question types mix answer kinds, as the release's do.
+    kinds_by_type = {}
+    for record in records:
+        kinds_by_type.setdefault(record["type"], set()).add(music_avqa.answer_kind(record["anser"]))
+    assert {t for t, kinds in kinds_by_type.items() if len(kinds) > 1} >= {
+        '["Audio", "Counting"]', '["Audio-Visual", "Counting"]', '["Audio-Visual", "Location"]',
+        '["Visual", "Location"]'}
+    assert len(clips) >= 15
+    for clip in clips.values():
+        kinds = [music_avqa.answer_kind(o) for o in clip.options]
+        assert len(clip.options) >= 2 and set(kinds) == {music_avqa.answer_kind(clip.label)}, clip
+        assert clip.meta_dict()["answer_kind"] == kinds[0]
+    assert sorted(clips["music_avqa:76"].options) == ["indoor", "outdoor"]
+    assert sorted(clips["music_avqa:73"].options) == ["left", "middle", "right"]
+    assert set(clips["music_avqa:74"].options) == {"erhu", "guzheng", "piano"}
+    # "simultaneously" is the only answer of its kind: no distractor without mixing kinds.
+    refused = {q.input: q for q in quarantined}
+    assert refused["music_avqa:79"].reason == "too_few_options"
+    assert "only timing answer" in refused["music_avqa:79"].detail
+
+
+def test_music_avqa_question_ids_given_twice(tmp_path, file_store):
+    records = make_dataset(tmp_path / "m", "music_avqa")
+    positions = [i for i, r in enumerate(records) if r["question_id"] == 81]
+    assert positions == [21, 23]  # in different shards of 2
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa", shard_size=2)
+    rows = [(q.input, q.reason) for q in quarantined]
+    # 81 has two answers ("two", "three"): neither is guessed, both records are quarantined.
+    assert rows.count(("music_avqa:81", "conflicting_answers")) == 2
+    assert "music_avqa:81" not in clips
+    # 82 is repeated with the same answer: the first record is kept, the second is a duplicate.
+    assert rows.count(("music_avqa:82", "duplicate_id")) == 1 and clips["music_avqa:82"].label == "yes"
+    assert len(clips) + len(quarantined) == len(records)
+
+    # Once the release agrees with itself, the first record's shard is redone, not reused.
+    records[23]["anser"] = "two"
+    (tmp_path / "m" / "json_update" / "avqa-test.json").write_text(json.dumps(records))
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa", shard_size=2)
+    assert clips["music_avqa:81"].label == "two"
+    assert [(q.input, q.reason) for q in quarantined if q.input == "music_avqa:81"] == [
+        ("music_avqa:81", "duplicate_id")]
 
 
 def test_music_avqa_options_are_the_same_in_another_process():
@@ -113,6 +171,32 @@ def test_mmau_is_audio_only_and_keeps_the_scorer_fields(tmp_path, file_store):
         meta = clip.meta_dict()
         for key in ("answer", "choices", "task", "difficulty", "sub-category", "category"):
             assert meta[key] == record[key]
+
+
+@pytest.mark.parametrize("release", ["original", "v05.15.25"])
+def test_mmau_keeps_items_whose_choices_repeat_a_string(tmp_path, file_store, release):
+    fixture = FIXTURES.parent / "mmau" / "releases" / release / "mmau-test-mini.json"
+    records = json.loads(fixture.read_text())
+    root = tmp_path / "mmau"
+    root.mkdir()
+    shutil.copy(fixture, root / "mmau-test-mini.json")
+    for record in records:
+        write_av(root / record["audio_id"], video=False)
+    _, clips, quarantined = ingest(file_store, root, "mmau")
+    assert quarantined == [] and len(clips) == len(records)
+    repeated = [r for r in records if len(set(r["choices"])) < len(r["choices"])]
+    assert repeated
+    for record in repeated:
+        clip = clips[f"mmau:{record['id']}"]
+        assert (clip.options, clip.label) == (record["choices"], record["answer"])
+        assert clip.meta_dict()["choices"] == record["choices"]
+
+
+def test_other_datasets_still_refuse_repeated_options():
+    clip = Clip("avqa:1", "avqa", "val", "file:///a.mp4", "file:///a.mp4", 1.0, "q?",
+                ["a dog", "a dog", "a car"], "a car", "acoustic", "Which")
+    assert ingest_mod.validate_clip(clip)[0] == "duplicate_options"
+    assert ingest_mod.validate_clip(clip, repeated_options=True) is None
 
 
 def test_rerun_reuses_shards_and_a_changed_video_redoes_only_its_shard(tmp_path, file_store, monkeypatch):

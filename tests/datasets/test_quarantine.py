@@ -182,7 +182,8 @@ def test_music_avqa_record_level_json_and_template_errors(tmp_path, file_store):
 
     records = [rec(0), rec(1), rec(2, templ_values='["violins"'), rec(3, templ_values="[]"),
                rec(4, type="Audio Counting"), rec(5, question_deleted=1), rec(6, video_id="../00000001")]
-    (root / "avqa-train.json").write_text(json.dumps(records))
+    (root / "json_update").mkdir()
+    (root / "json_update" / "avqa-train.json").write_text(json.dumps(records))
     clips, rows = _run(file_store, IngestConfig(dataset="music_avqa", path=str(root)))
     assert [c.clip_id for c in clips] == ["music_avqa:0", "music_avqa:1"]
     assert {r.input: r.reason for r in rows} == {

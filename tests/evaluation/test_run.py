@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from mmau_data import Scripted, write_mmau_root
+from mmau_data import RELEASES, Scripted, records, write_mmau_root
 from test_mmau_file import OUTPUTS
 
 import sightsound_core.evaluation.run as run_module
 from sightsound_core.config import BenchmarkConfig, EvaluateConfig, IngestConfig, PipelineConfig
 from sightsound_core.datasets.ingest import run_ingest
+from sightsound_core.evaluation.mmau import official_breakdown
 from sightsound_core.evaluation.run import run_evaluate
 from sightsound_core.pipeline import benchmark_stage, open_store
 from sightsound_core.schemas import Clip, Prediction
@@ -67,7 +68,7 @@ def test_predictions_are_parquet_rows_scored_by_each_rule(evaluated):
     preds = [p for uri in ref.shards for p in Prediction.from_table(store.read_table(uri))]
     mmau = {p.clip_id: p for p in preds if p.benchmark == "mmau-mini" and p.model_tag == "cot"}
     for clip in clips["mmau-mini"]:
-        raw, correct = OUTPUTS[clip.question]
+        raw, correct, _ = OUTPUTS[clip.question]  # the benchmark keeps the default answer rule
         assert mmau[clip.clip_id].raw == raw and mmau[clip.clip_id].correct is correct
         assert mmau[clip.clip_id].category == clip.meta_dict()["task"]
     synthetic = [p for p in preds if p.benchmark == "synthetic" and p.model_tag == "cot"]
@@ -80,7 +81,7 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     cfg, store, ref, clips, _ = evaluated
     summary = ref.manifest["summary"]
     mmau = summary["accuracy"]["cot"]["mmau-mini"]
-    assert mmau["all"]["correct"] == 3 and mmau["all"]["n"] == 6
+    assert mmau["all"]["correct"] == 4 and mmau["all"]["n"] == 6
     assert set(mmau["by_category"]) == {"sound", "music", "speech"}
     assert mmau["official"]["total"] == mmau["all"]
     assert set(mmau["official"]["by_difficulty"]) == {"easy", "medium", "hard"}
@@ -91,6 +92,7 @@ def test_summary_has_accuracy_groups_and_the_mmau_version(evaluated):
     assert synthetic["hallucination"]["claims"] >= 0 and "hallucination" in mmau
     info = summary["benchmarks"]["mmau-mini"]
     assert info["scorer"] == "mmau" and info["annotation_version"] == "v-test" and info["items"] == 6
+    assert info["answer_rule"] == "answer_block_or_raw" and info["file_items"] == 6
     assert info["annotations"] == [f"file://{cfg.evaluate.benchmarks[0].ingest.path}/mmau-test-mini.json"]
     assert summary["benchmarks"]["synthetic"]["prediction_files"] == {}
 
@@ -139,4 +141,69 @@ def test_benchmark_config_rules():
     other = BenchmarkConfig(name="m", scorer="mmau", ingest=mmau, annotation_version="original")
     assert ok.content_hash() != other.content_hash()
     assert EvaluateConfig(batch_size=64).content_hash() == EvaluateConfig().content_hash()
+
+
+def test_music_avqa_annotation_version_is_the_release_ingest_read():
+    ingest = {"dataset": "music_avqa", "path": "/d", "split": "test"}
+    updated = BenchmarkConfig(name="m", scorer="music_avqa", ingest=ingest)
+    assert run_module._annotation_version(updated.hash_payload()) == "json_update"
+    original = BenchmarkConfig(name="m", scorer="music_avqa", annotation_version="original",
+                               ingest={**ingest, "music_avqa_release": "original"})
+    assert run_module._annotation_version(original.hash_payload()) == "original"
+    assert updated.content_hash() != original.content_hash()
+    with pytest.raises(ValueError, match="music_avqa_release is 'json_update'"):
+        BenchmarkConfig(name="m", scorer="music_avqa", annotation_version="original", ingest=ingest)
     assert EvaluateConfig(backend="vllm").content_hash() != EvaluateConfig().content_hash()
+
+
+def _evaluate_mmau(tmp_path, root, release, answer):
+    """Ingest the MMAU root and evaluate one model that writes ``answer(question, options)``."""
+    cfg = PipelineConfig(
+        run="t",
+        store={"root": f"file://{tmp_path}/store"},
+        evaluate={
+            "models": ["cot"],
+            "benchmarks": [{"name": "mmau", "scorer": "mmau", "annotation_version": release,
+                            "ingest": {"dataset": "mmau", "path": str(root), "split": "test-mini"}}],
+        },
+    )
+    store = open_store(cfg)
+    bench = cfg.evaluate.benchmarks[0]
+    benchmarks = {"mmau": run_ingest(bench.ingest, store, cfg.run, benchmark_stage("mmau"))}
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "load_generator", lambda backend, path, device: Scripted(answer))
+    try:
+        ref = run_evaluate(cfg, store, {"cot": ("/c", "fp-c")}, benchmarks)
+    finally:
+        patch.undo()
+    return ref, store
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_mmau_items_with_repeated_choices_are_all_scored(tmp_path, release):
+    """Both releases have items whose choices repeat a string: every item of the file is scored,
+    as MMAU's official script scores it, and the prediction file keeps the choices as given."""
+    originals = records(RELEASES[release])
+    assert any(len(set(r["choices"])) < len(r["choices"]) for r in originals)
+    root = write_mmau_root(tmp_path / "mmau", fixture=RELEASES[release])
+    # The model answers each item's label, so every item is correct when it is scored.
+    by_question = {r["question"]: r["answer"] for r in originals}
+    ref, store = _evaluate_mmau(
+        tmp_path, root, release, lambda q, options: f"<think>x</think><answer>{by_question[q]}</answer>"
+    )
+    info = ref.manifest["summary"]["benchmarks"]["mmau"]
+    assert info["items"] == info["file_items"] == len(originals)
+    assert ref.manifest["summary"]["accuracy"]["cot"]["mmau"]["all"]["correct"] == len(originals)
+    data = json.loads(store.read_bytes(info["prediction_files"]["cot"]))
+    assert [d["choices"] for d in data] == [r["choices"] for r in originals]
+    assert [d["answer"] for d in data] == [r["answer"] for r in originals]
+    assert {d["sightsound"]["annotation_version"] for d in data} == {release}
+    assert official_breakdown(data)["total"]["correct"] == len(originals)
+
+
+def test_the_summary_counts_the_file_items_ingest_could_not_use(tmp_path):
+    root = write_mmau_root(tmp_path / "mmau")
+    (root / records()[1]["audio_id"]).unlink()
+    ref, _ = _evaluate_mmau(tmp_path, root, "v-test", lambda q, options: "<answer>x</answer>")
+    info = ref.manifest["summary"]["benchmarks"]["mmau"]
+    assert (info["file_items"], info["items"]) == (6, 5)

@@ -54,44 +54,51 @@ def test_mmau_rule(clause, prediction, answer, choices, correct):
     assert mmau_match(prediction, answer, choices) is correct, clause
 
 
-def test_mmau_scores_the_answer_tag_not_the_reasoning():
+@pytest.mark.parametrize("rule", ["answer_block_or_raw", "answer_block"])
+def test_mmau_scores_the_answer_tag_not_the_reasoning(rule):
     choices = ["Man", "Woman"]
-    # The reasoning names a wrong choice; only the <answer> content is scored.
-    assert score_mmau("<think>Not a woman, a man.</think><answer>Man</answer>", choices, "Man").correct
-    # The right words outside an answer tag score nothing.
-    assert not score_mmau("<think>It is a man.</think> Man", choices, "Man").correct
-    assert not score_mmau("Man", choices, "Man").correct
-    # Two answer blocks are no single answer.
-    assert not score_mmau("<answer>Man</answer><answer>Man</answer>", choices, "Man").correct
+    # The reasoning names a wrong choice; only the <answer> content is scored, under either rule.
+    assert score_mmau("<think>Not a woman, a man.</think><answer>Man</answer>", choices, "Man", rule).correct
+    # Two answer blocks are no single answer, and the raw text is not read in their place.
+    assert not score_mmau("<answer>Man</answer><answer>Man</answer>", choices, "Man", rule).correct
+    # Nor is an answer block cut off before its closing tag.
+    assert not score_mmau("<think>x</think><answer>Man", choices, "Man", rule).correct
     # A lenient parse would map "B" to the second option; MMAU's rule does not.
-    assert not score_mmau("<answer>B</answer>", choices, "Woman").correct
-    scored = score_mmau("<think>low voice</think><answer>(A) Man.</answer>", choices, "Man")
+    assert not score_mmau("<answer>B</answer>", choices, "Woman", rule).correct
+    scored = score_mmau("<think>low voice</think><answer>(A) Man.</answer>", choices, "Man", rule)
     assert (scored.answer, scored.correct, scored.answer_text) == ("Man", True, "(A) Man.")
-    assert score_mmau("<answer>Woman</answer>", choices, "Man").answer == "Woman"
+    assert score_mmau("<answer>Woman</answer>", choices, "Man", rule).answer == "Woman"
 
 
-def test_option_rule_uses_the_shared_parser():
+@pytest.mark.parametrize("rule", ["answer_block_or_raw", "answer_block"])
+def test_option_rule_uses_the_shared_parser(rule):
     opts = ["low", "high"]
-    assert score_option("<think>x</think><answer>B</answer>", opts, "high").correct
-    assert score_option("<think>x</think><answer>high.</answer>", opts, "high").correct
-    assert not score_option("<think>x</think><answer>low or high</answer>", opts, "high").correct
-    assert score_option("high", opts, "high").answer is None
+    assert score_option("<think>x</think><answer>B</answer>", opts, "high", rule).correct
+    assert score_option("<think>x</think><answer>high.</answer>", opts, "high", rule).correct
+    assert not score_option("<think>x</think><answer>low or high</answer>", opts, "high", rule).correct
+    assert not score_option("<think>x</think><answer>high</answer><answer>high</answer>", opts, "high", rule).correct
 
 
-def _clip(options, label):
-    return Clip("x:1", "x", "test", None, "file:///a.wav", 1.0, "q?", options, label, "unknown", "c")
+@pytest.mark.parametrize(
+    "scorer, raw, options, label",
+    [
+        ("option", "high", ["low", "high"], "high"),
+        ("option", "<think>A rising pitch.</think> high", ["low", "high"], "high"),
+        ("avqa", "(B)", ["a dog", "a car"], "a car"),
+        ("music_avqa", "two", ["one", "two", "three"], "two"),
+        ("mmau", "Man", ["Man", "Woman"], "Man"),
+        ("mmau", "<think>It is a man.</think> Man", ["Man", "Woman"], "Man"),
+    ],
+)
+def test_an_untagged_right_answer_counts_only_under_the_default_rule(scorer, raw, options, label):
+    clip = Clip("c", "s", "test", None, "file:///a.wav", 1.0, "q?", options, label, "acoustic", "k", "{}")
+    lenient = score(scorer, raw, clip, "answer_block_or_raw")
+    assert lenient.correct and lenient.answer == label and lenient.answer_text == raw.strip()
+    strict = score(scorer, raw, clip, "answer_block")
+    assert not strict.correct and strict.answer is None and strict.answer_text == ""
 
 
-@pytest.mark.parametrize("scorer", ["option", "avqa", "music_avqa"])
-def test_dispatch_choice_rules(scorer):
-    clip = _clip(["yes", "no"], "no")
-    assert score(scorer, "<answer>no</answer>", clip).correct
-    assert not score(scorer, "<answer>yes</answer>", clip).correct
-
-
-def test_dispatch_mmau_and_unlabelled():
-    clip = _clip(DOORS, "Car door")
-    assert score("mmau", "<answer>the car door</answer>", clip).correct
-    assert not score("option", "<answer>the car door</answer>", _clip(DOORS, "House door")).correct
-    with pytest.raises(ValueError, match="unlabelled"):
-        score("option", "<answer>no</answer>", _clip(["yes", "no"], None))
+@pytest.mark.parametrize("rule", ["answer_block_or_raw", "answer_block"])
+def test_an_empty_output_is_wrong_under_either_rule(rule):
+    assert not score_option("", ["low", "high"], "high", rule).correct
+    assert not score_mmau("   ", ["Man", "Woman"], "Man", rule).correct
