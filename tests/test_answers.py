@@ -25,6 +25,7 @@ def test_doctests():
         ("<think>x</think><answer>high</answer><answer>low</answer>", "multiple_answers", None),
         ("<think>x</think><answer><answer>high</answer></answer>", "nested_tags", None),
         ("<think>x</think><answer>high <think>y</think></answer>", "nested_tags", None),
+        ("<think>a <think>b</think></think><answer>high</answer>", "nested_tags", None),
         ("<think>x</think><answer>purple</answer>", "not_an_option", None),
         ("<think>x</think><answer>high or low</answer>", "not_an_option", None),
         ("<think>x</think><answer></answer>", "empty_answer", None),
