@@ -15,6 +15,26 @@ def _toy(calls):
     return compute
 
 
+def _quarantining(job):
+    """A shard of one row, plus a quarantine row when the source is marked bad."""
+    table = pa.table({"i": [job.index]})
+    if job.source.get("bad"):
+        return table, pa.table({"input": [str(job.source)], "reason": ["bad"]})
+    return table, None
+
+
+def _crash_on(store, monkeypatch, uri):
+    """Make the store's write of ``uri`` fail, as a process killed at that point would."""
+    real = store.write_table
+
+    def write_table(target, table):
+        if target == uri:
+            raise OSError(f"killed while writing {target}")
+        return real(target, table)
+
+    monkeypatch.setattr(store, "write_table", write_table)
+
+
 def test_rerun_recomputes_nothing_committed(store):
     calls = []
     plan = plan_sources(store, "r", "ingest", {"a": 1}, [{"n": 0}, {"n": 1}, {"n": 2}])
@@ -63,3 +83,23 @@ def test_shard_from_other_inputs_is_not_reused(store):
     other = plan_sources(store, "r", "ingest", {"a": 3}, [{"n": 5}])
     assert other.jobs[0].output_uri == plan.jobs[0].output_uri
     assert not is_committed(store, other.jobs[0])
+
+
+def test_failed_quarantine_write_leaves_no_committed_shard(store, monkeypatch):
+    plan = plan_sources(store, "r", "ingest", {"a": 4}, [{"n": 0, "bad": True}])
+    job = plan.jobs[0]
+    _crash_on(store, monkeypatch, job.quarantine_uri)
+    with pytest.raises(OSError, match="killed"):
+        run_shard(store, job, _quarantining)
+    assert not is_committed(store, job)
+    monkeypatch.undo()
+    assert run_plan(store, plan, _quarantining).manifest["quarantined"] == 1
+
+
+def test_fixed_input_removes_its_stale_quarantine(store):
+    bad = run_plan(store, plan_sources(store, "r", "ingest", {"a": 6}, [{"n": 0, "bad": True}]), _quarantining)
+    assert bad.manifest["quarantined"] == 1
+    plan = plan_sources(store, "r", "ingest", {"a": 6}, [{"n": 0}])
+    fixed = run_plan(store, plan, _quarantining)
+    assert fixed.manifest["quarantined"] == 0
+    assert not store.exists(plan.jobs[0].quarantine_uri)
