@@ -3,7 +3,7 @@ import pytest
 
 from sightsound_core.config import VoteConfig
 from sightsound_core.stage import (
-    finalize, is_committed, plan_map, plan_sources, read_index, run_plan, run_shard,
+    commit_shard, finalize, is_committed, plan_map, plan_sources, read_index, run_plan, run_shard,
 )
 from sightsound_core.status import run_status
 
@@ -94,6 +94,21 @@ def test_failed_quarantine_write_leaves_no_committed_shard(store, monkeypatch):
     assert not is_committed(store, job)
     monkeypatch.undo()
     assert run_plan(store, plan, _quarantining).manifest["quarantined"] == 1
+
+
+@pytest.mark.parametrize("before, after", [({"n": 0, "bad": True}, {"n": 0}), ({"n": 0}, {"n": 0, "bad": True})])
+def test_crash_mid_commit_never_pairs_a_shard_with_other_inputs_quarantine(store, monkeypatch, before, after):
+    old = plan_sources(store, "r", "ingest", {"a": 5}, [before]).jobs[0]
+    new = plan_sources(store, "r", "ingest", {"a": 5}, [after]).jobs[0]
+    assert old.output_uri == new.output_uri
+    run_shard(store, old, _quarantining)
+    # The re-run settles the quarantine file for its own inputs, then dies before its shard lands.
+    _crash_on(store, monkeypatch, new.output_uri)
+    with pytest.raises(OSError, match="killed"):
+        commit_shard(store, new, *_quarantining(new))
+    # The old shard would be reused if its inputs came back, so it must not survive beside the
+    # new quarantine state.
+    assert not is_committed(store, old) and not is_committed(store, new)
 
 
 def test_fixed_input_removes_its_stale_quarantine(store):
