@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from sightsound_core.config import VoteConfig
+from sightsound_core.config import TeacherConfig, VoteConfig
 from sightsound_core.stage import (
     commit_shard, finalize, is_committed, plan_map, plan_sources, read_index, run_plan, run_shard,
 )
@@ -59,8 +59,20 @@ def test_changed_config_moves_stage_and_downstream_not_upstream(store):
     down2 = run_plan(store, plan_map(store, "r", "vote", VoteConfig(policy="majority"), {"x": up}, "x"), _toy(down_calls))
     assert down1.stage_hash != down2.stage_hash and down1.dir != down2.dir
     assert up_calls == [0] and down_calls == [0, 0]
-    # Runtime-only changes of the upstream keep downstream hashes: same upstream hash, same plan.
-    assert plan_map(store, "r", "vote", VoteConfig(), {"x": up}, "x").stage_hash == down1.stage_hash
+
+
+def test_runtime_only_upstream_change_keeps_downstream_hashes(store):
+    calls = []
+
+    def upstream_then_plan_downstream(teacher):
+        up = run_plan(store, plan_sources(store, "r", "teacher", teacher, [{"n": 0}]), _toy(calls))
+        return up.stage_hash, plan_map(store, "r", "vote", VoteConfig(), {"x": up}, "x").stage_hash
+
+    first = upstream_then_plan_downstream(TeacherConfig())
+    assert upstream_then_plan_downstream(TeacherConfig(concurrency=64, timeout_s=5.0, batch_size=2)) == first
+    assert calls == [0]
+    up, down = upstream_then_plan_downstream(TeacherConfig(k=3))
+    assert up != first[0] and down != first[1]
 
 
 def test_manifest_only_after_every_shard(store):
