@@ -12,8 +12,12 @@ measured 14% (NOTES).
     python benchmarks/teacher_throughput.py                 # GPU: 7B shape, compiled decode
     python benchmarks/teacher_throughput.py --smoke         # CPU: the tiny model, seconds
 
-Prints one JSON object. ``vision_clips_encoded`` counts the videos each path's vision encoder saw,
-``prompt_rows_prefilled`` the prompts its language model prefilled (stock: clips*K).
+Prints one JSON object. Rates count the tokens each path returned (up to and including a stop),
+never ``rows * new_tokens``. ``vision_clips_encoded`` counts the videos each path's vision encoder
+saw, ``prompt_rows_prefilled`` the prompts its language model prefilled (stock: clips*K), and
+``decode_rows_forwarded`` the one-token rows it decoded: a row that returns L tokens was fed L - 1
+of them back, so ``prompt rows * K + decode rows`` (stock: ``prompt rows + decode rows``) is the
+token count measured on the model itself.
 """
 
 from __future__ import annotations
@@ -118,17 +122,19 @@ def decode_weight_bytes(model: Any) -> int:
 
 
 class EncoderCounter:
-    """Counts the videos the vision encoder sees (rows of ``grid_thw``) and the prompt rows the
-    language model prefills (forwards of more than one token)."""
+    """Counts the videos the vision encoder sees (rows of ``grid_thw``), the prompt rows the
+    language model prefills (forwards of more than one token) and the rows it decodes (forwards
+    of one token)."""
 
     def __init__(self, model: Any):
         self.clips = 0
         self.prefill_rows = 0
+        self.decode_rows = 0
         model.model.visual.register_forward_hook(self._vision, with_kwargs=True)
         model.model.language_model.register_forward_hook(self._lm, with_kwargs=True)
 
     def reset(self) -> None:
-        self.clips = self.prefill_rows = 0
+        self.clips = self.prefill_rows = self.decode_rows = 0
 
     def _vision(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
@@ -138,6 +144,23 @@ class EncoderCounter:
         embeds = kwargs.get("inputs_embeds")
         if embeds is not None and embeds.shape[1] > 1:
             self.prefill_rows += int(embeds.shape[0])
+        elif embeds is not None:
+            self.decode_rows += int(embeds.shape[0])
+
+
+def returned_tokens(ids: Any, stop_token_ids: list[int]) -> int:
+    """Tokens in generated rows ``ids`` (B, T), each row up to and including its first stop token
+    (what follows a stop is padding).
+
+    >>> import torch
+    >>> returned_tokens(torch.tensor([[5, 6, 2, 0], [5, 6, 7, 8]]), [2])
+    7
+    """
+    import torch
+
+    stops = torch.isin(ids, torch.tensor(stop_token_ids, device=ids.device))
+    first = torch.where(stops.any(1), stops.int().argmax(1) + 1, ids.shape[1])
+    return int(first.sum())
 
 
 def make_inputs(tokenizer: Any, image_processor: Any, clips: int, frames: int, size: int) -> dict[str, Any]:
@@ -235,16 +258,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         best = min(runs, key=lambda r: r.prefill_s + r.decode_s)
         total = best.prefill_s + best.decode_s
-        tok_s = rows * new_tokens / total
+        generated = int(best.lengths.sum())
+        tok_s = generated / total
         report[name] = {
             "tok_s": round(tok_s, 1),
             "ratio_to_bound": round(tok_s / bound_tok_s, 4),
-            "decode_only_tok_s": round(rows * new_tokens / best.decode_s, 1),
-            "decode_ms_per_step": round(best.decode_s / new_tokens * 1e3, 3),
+            "generated_tokens": generated,
+            "seconds": round(total, 4),
+            "decode_only_tok_s": round(generated / best.decode_s, 1),
+            "decode_ms_per_step": round(best.decode_s / max(int(best.lengths.max()), 1) * 1e3, 3),
             "prefill_s": round(best.prefill_s, 4),
             "warmup_s": round(warmup_s, 2),
             "vision_clips_encoded": counter.clips // args.repeats,
             "prompt_rows_prefilled": counter.prefill_rows // args.repeats,
+            "decode_rows_forwarded": counter.decode_rows // args.repeats,
         }
         log.info("%s: %s", name, report[name])
         if compiled:
@@ -259,13 +286,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = stock_generate(model, inputs, **common)
         sync()
         wall = time.perf_counter() - t0
-        tok_s = out.shape[0] * out.shape[1] / wall
+        generated = returned_tokens(out, common["stop_token_ids"])
+        tok_s = generated / wall
         report["stock_generate"] = {
             "tok_s": round(tok_s, 1),
             "ratio_to_bound": round(tok_s / bound_tok_s, 4),
-            "generated_tokens": int(out.shape[0] * out.shape[1]),
+            "generated_tokens": generated,
+            "seconds": round(wall, 4),
             "vision_clips_encoded": counter.clips,
             "prompt_rows_prefilled": counter.prefill_rows,
+            "decode_rows_forwarded": counter.decode_rows,
         }
     ours = next((report[n] for n in ("shared_prefill_compiled", "shared_prefill_eager") if "tok_s" in report.get(n, {})), None)
     if ours and "stock_generate" in report:

@@ -3,9 +3,11 @@
 The server (tests/fakes/openai_server.py) runs in its own process and answers every request after
 ``--latency`` seconds; the verifier sends 2 s clips as base64 WAV, as in production. With
 concurrency c the bound is c / latency items per second; the benchmark prints, as JSON, the
-measured rate and its ratio to that bound at each concurrency.
+measured rate and its ratio to that bound at each concurrency, and the requests the server
+answered (timed items plus a few warm-up ones per concurrency), counted by the server itself.
 
     .venv/bin/python benchmarks/verify_throughput.py            # concurrency 1, 16, 64; 200 ms
+    .venv/bin/python benchmarks/verify_throughput.py --smoke    # seconds: concurrency 1 and 4
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def _serve(latency_s: float, ports: mp.Queue, stop: mp.Event) -> None:
+    """Serve until ``stop``, then put the number of requests answered on ``ports``."""
     from fakes.openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer(latency_s=latency_s) as server:
         ports.put(server.port)
         stop.wait()
+        ports.put(sum(server.requests.values()))
 
 
 def _requests(n: int, offset: int, audio_s: float):
@@ -45,13 +49,14 @@ def _requests(n: int, offset: int, audio_s: float):
 
 
 def measure(url: str, concurrency: int, n: int, latency_s: float, audio_s: float) -> dict:
+    """Time ``n`` verifications at ``concurrency``, after ``warmup_items(concurrency)`` untimed."""
     from sightsound_core.backends.openai_client import ClientSettings
     from sightsound_core.backends.openai_verifier import OpenAIVerifier
 
     settings = ClientSettings(base_url=url, model="fake-audio", api_key_env=None,
                               concurrency=concurrency, timeout_s=30)
     verifier = OpenAIVerifier(settings)
-    verifier.verify(_requests(min(concurrency, 4), 10**6, audio_s))  # warm: imports, connections
+    verifier.verify(_requests(warmup_items(concurrency), 10**6, audio_s))  # warm: imports, connections
     requests = _requests(n, 0, audio_s)
     began = time.perf_counter()
     results = verifier.verify(requests)
@@ -63,13 +68,21 @@ def measure(url: str, concurrency: int, n: int, latency_s: float, audio_s: float
             "items_per_s": round(rate, 2), "bound_per_s": round(bound, 2), "ratio": round(rate / bound, 3)}
 
 
+def warmup_items(concurrency: int) -> int:
+    return min(concurrency, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, default=0.2, help="server latency per call, seconds")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=16, help="items per slot at each concurrency")
     parser.add_argument("--audio-s", type=float, default=2.0, help="clip length sent per item")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: concurrency 1 and 4, 2 rounds, 50 ms latency, 0.5 s clips")
     args = parser.parse_args()
+    if args.smoke:
+        args.latency, args.concurrency, args.rounds, args.audio_s = 0.05, [1, 4], 2, 0.5
 
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
@@ -79,6 +92,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{ports.get(timeout=30)}/v1"
         results = [measure(url, c, max(8, c * args.rounds), args.latency, args.audio_s)
                    for c in args.concurrency]
+        stop.set()
+        answered = ports.get(timeout=30)
     finally:
         stop.set()
         server.join(10)
@@ -90,6 +105,8 @@ def main() -> None:
         "audio_s": args.audio_s,
         "cpu_count": os.cpu_count(),
         "results": results,
+        "server_requests": answered,
+        "warmup_requests": sum(warmup_items(c) for c in args.concurrency),
         "goal": {"concurrency": top["concurrency"], "min_ratio": 0.9, "met": top["ratio"] >= 0.9},
     }, indent=2))
 

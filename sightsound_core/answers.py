@@ -32,7 +32,9 @@ _STRICT_RE = re.compile(
     r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$",
     re.DOTALL | re.IGNORECASE,
 )
-_LETTER_RE = re.compile(r"^\(?([A-Za-z])[\).:]?(?:\s+(?P<rest>.*))?$", re.DOTALL)
+_LETTER_RE = re.compile(
+    r"^(?P<open>\()?(?P<letter>[A-Za-z])(?P<mark>[\).:])?(?:\s+(?P<rest>.*))?$", re.DOTALL
+)
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
 
@@ -70,11 +72,19 @@ def match_option(answer_text: str, options: list[str]) -> str | None:
     Accepts the option itself (case and punctuation ignored), its letter (``B``, ``(B)``, ``B.``,
     ``B. the drum``), or text that contains exactly one option as a whole phrase.
 
+    A marked letter (``B.``, ``(B)``, ``B)``, ``B:``) followed by text counts only when the text
+    names the letter's own option. When it names another (``B. the flute`` where B is the drum)
+    the answer contradicts itself and maps to None, neither option: a reward or a score must not
+    pick one half of a contradiction. A bare letter followed by words (``A low tone``) is read as
+    plain text, since it may be an article.
+
     >>> match_option("(b)", ["tone", "chirp"])
     'chirp'
     >>> match_option("It is the chirp.", ["tone", "chirp"])
     'chirp'
     >>> match_option("tone or chirp", ["tone", "chirp"]) is None
+    True
+    >>> match_option("B. the flute", ["the flute", "the drum"]) is None
     True
     """
     if not options:
@@ -88,15 +98,34 @@ def match_option(answer_text: str, options: list[str]) -> str | None:
             return option
     letter = _LETTER_RE.match(answer_text.strip())
     if letter:
-        index = ord(letter.group(1).upper()) - ord("A")
-        rest = normalize(letter.group("rest") or "")
-        if 0 <= index < len(options) and (not rest or rest == norm_options[index]):
-            return options[index]
+        index = ord(letter.group("letter").upper()) - ord("A")
+        if 0 <= index < len(options):
+            rest = letter.group("rest")
+            named = _named_option(normalize(rest), options, norm_options) if rest else options[index]
+            if named == options[index]:
+                return named
+            if letter.group("open") or letter.group("mark"):
+                return None
+    return _named_option(text, options, norm_options)
+
+
+def _named_option(text: str, options: list[str], norm_options: list[str]) -> str | None:
+    """The one option that normalized ``text`` contains as a whole phrase, or None."""
     padded = f" {text} "
-    hits = [o for o, n in zip(options, norm_options) if n and f" {n} " in padded]
-    # A hit contained in a longer hit ("bell" in "small bell") is not a second answer.
-    hits = [h for h in hits if not any(h != o and normalize(h) in normalize(o) for o in hits)]
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for option, norm in zip(options, norm_options):
+        starts = [m.start() + 1 for m in re.finditer(f"(?= {re.escape(norm)} )", padded)] if norm else []
+        if starts:
+            spans[option] = [(s, s + len(norm)) for s in starts]
+    hits = list(spans)
+    # An occurrence inside a longer option's occurrence ("bell" in "small bell") is not a second answer.
+    hits = [h for h in hits if not all(_covered(span, h, spans) for span in spans[h])]
     return hits[0] if len(hits) == 1 else None
+
+
+def _covered(span: tuple[int, int], option: str, spans: dict[str, list[tuple[int, int]]]) -> bool:
+    start, end = span
+    return any(o != option and a <= start and end <= b for o in spans for a, b in spans[o])
 
 
 def parse_response(text: str | None, options: list[str] | None = None) -> Parsed:

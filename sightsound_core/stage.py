@@ -185,7 +185,14 @@ def is_committed(store: ObjectStore, job: ShardJob) -> bool:
 def commit_shard(
     store: ObjectStore, job: ShardJob, table: pa.Table, quarantine: pa.Table | None = None
 ) -> str:
-    """Commit a shard (quarantine rows first, the shard last: its presence means done)."""
+    """Commit a shard (quarantine rows first, the shard last: its presence means done).
+
+    A shard already here from other inputs is removed first: were the process to die between the
+    writes, it would otherwise sit beside a quarantine file written for these inputs, and be
+    reused with it if its own inputs came back. A shard from the same inputs (a repair) stays.
+    """
+    if not is_committed(store, job):
+        store.rm(job.output_uri)
     if quarantine is not None and quarantine.num_rows:
         store.write_table(job.quarantine_uri, quarantine)
     else:

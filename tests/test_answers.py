@@ -3,7 +3,7 @@ import doctest
 import pytest
 
 import sightsound_core.answers as answers
-from sightsound_core.answers import parse_response
+from sightsound_core.answers import match_option, parse_response
 
 OPTS = ["the red circle", "the blue square", "high", "low"]
 
@@ -25,6 +25,7 @@ def test_doctests():
         ("<think>x</think><answer>high</answer><answer>low</answer>", "multiple_answers", None),
         ("<think>x</think><answer><answer>high</answer></answer>", "nested_tags", None),
         ("<think>x</think><answer>high <think>y</think></answer>", "nested_tags", None),
+        ("<think>a <think>b</think></think><answer>high</answer>", "nested_tags", None),
         ("<think>x</think><answer>purple</answer>", "not_an_option", None),
         ("<think>x</think><answer>high or low</answer>", "not_an_option", None),
         ("<think>x</think><answer></answer>", "empty_answer", None),
@@ -45,3 +46,29 @@ def test_well_formed_needs_nonempty_think_and_nothing_else():
     assert not parse_response("pre <think>a</think><answer>high</answer>", OPTS).well_formed
     # Empty think still parses to an answer (voting uses it) but is not well formed.
     assert parse_response("<think></think><answer>high</answer>", OPTS).option == "high"
+
+
+BELLS = ["bell", "small bell"]
+FLUTE_DRUM = ["the flute", "the drum"]
+
+
+@pytest.mark.parametrize(
+    "text, options, option",
+    [
+        # An option inside a longer one is no second answer; named apart, it is.
+        ("the small bell", BELLS, "small bell"),
+        ("a bell rang", BELLS, "bell"),
+        ("the bell, then the small bell", BELLS, None),
+        ("low and yellow", ["low", "yellow"], None),
+        # A marked letter whose text names another option contradicts itself.
+        ("B. the flute", FLUTE_DRUM, None),
+        ("(B) the flute", FLUTE_DRUM, None),
+        ("B: the flute", FLUTE_DRUM, None),
+        ("B. the drum", FLUTE_DRUM, "the drum"),
+        ("B) it is the drum", FLUTE_DRUM, "the drum"),
+        # A bare letter before words may be an article: the words decide.
+        ("A low tone", ["high tone", "low tone"], "low tone"),
+    ],
+)
+def test_match_option_cases(text, options, option):
+    assert match_option(text, options) == option

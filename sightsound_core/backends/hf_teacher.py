@@ -280,7 +280,8 @@ def sample_shared_prefill(
     stops = torch.tensor(stop_token_ids, device=device)
     tokens = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+    lengths = torch.zeros((n,), dtype=torch.long, device=device)
+    taken = 0
     pos_buf = torch.empty((3, n, 1), dtype=torch.long, device=device)
     with torch.inference_mode():
         for t in range(max_new_tokens):
@@ -291,11 +292,14 @@ def sample_shared_prefill(
                 lengths = torch.where(hit, t + 1, lengths)
                 finished |= hit
             tokens[:, t] = nxt
+            taken = t + 1
             if t == max_new_tokens - 1 or (not ignore_eos and t % 16 == 15 and bool(finished.all())):
                 break
             mask[:, 0, 0, prompt_len + t] = 0.0
             pos_buf.copy_((next_pos + t).view(1, n, 1).expand(3, n, 1))
             logits = step(nxt.view(n, 1), pos_buf, mask, cache)
+    # A row that never stopped holds every token the loop sampled.
+    lengths = torch.where(finished, lengths, taken)
     sync()
     decode_s = time.perf_counter() - began
     return Sampled(

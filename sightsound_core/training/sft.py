@@ -111,6 +111,9 @@ def build_sft_trainer(
     dtype = torch.bfloat16 if cfg.bf16 and cfg.lora is not None else torch.float32
     model, processor = load_student(model_path, device, dtype=dtype)
     model.config.use_cache = False
+    # The adapters' initial weights: the Trainer seeds only after the model is built, so without
+    # this two runs of one recipe start from different adapters.
+    torch.manual_seed(cfg.seed)
     model = apply_lora(model, cfg.lora)
 
     # Data

@@ -1,5 +1,6 @@
 """The teacher-throughput benchmark's CPU smoke: what the shared-prefill path saves over stock
-``generate(num_return_sequences=K)``, counted on the model itself, and both paths' accounting."""
+``generate(num_return_sequences=K)``, and the tokens each path generated, counted on the model
+itself."""
 
 import json
 import subprocess
@@ -29,16 +30,15 @@ def test_shared_prefill_encodes_and_prefills_each_clip_once(smoke):
     assert stock["vision_clips_encoded"] == clips and stock["prompt_rows_prefilled"] == clips * k
 
 
-def test_throughput_accounting(smoke):
+def test_rates_count_the_tokens_the_model_generated(smoke):
+    """Each path's token count is checked against what its language model decoded: every row
+    returns its first token from the prefill and each later one from a one-token forward."""
     rows, new_tokens = smoke["rows_per_step"], smoke["new_tokens"]
     assert rows == smoke["clips"] * smoke["k"]
-    # EOS is ignored: stock returns exactly rows x new_tokens tokens.
-    assert smoke["stock_generate"]["generated_tokens"] == rows * new_tokens
     for name in ("shared_prefill_eager", "stock_generate"):
         entry = smoke[name]
-        assert entry["tok_s"] > 0
-        # The report rounds ratios to 4 places: on CPU they are ~0.004, where that is over 1%.
-        assert entry["ratio_to_bound"] == pytest.approx(entry["tok_s"] / smoke["bound_tok_s"], rel=1e-2, abs=5e-5)
-    assert smoke["speedup_vs_stock"] == pytest.approx(  # rounded to 2 places
-        smoke["shared_prefill_eager"]["tok_s"] / smoke["stock_generate"]["tok_s"], rel=1e-2, abs=5e-3
-    )
+        # EOS is ignored, so every row decodes the whole budget.
+        assert entry["decode_rows_forwarded"] == rows * (new_tokens - 1), name
+        assert entry["generated_tokens"] == rows * new_tokens, name
+        # The rate is the measured tokens over the measured time (rounded in the report).
+        assert entry["tok_s"] == pytest.approx(entry["generated_tokens"] / entry["seconds"], rel=1e-2), name

@@ -1,4 +1,5 @@
-"""Batched generation: clip order kept, batches bounded, backends chosen by name."""
+"""Batched generation: clip order kept, each clip's answer from its own audio, batches bounded,
+backends chosen by name."""
 
 import numpy as np
 import pytest
@@ -52,3 +53,20 @@ def test_backends_by_name():
             student.load()
     with pytest.raises(ValueError, match="unknown evaluation backend"):
         load_generator("onnx", "/m")
+
+
+class HearsTheClip:
+    """A generator whose answer is the number its item's waveform holds."""
+
+    def load(self) -> None:
+        pass
+
+    def generate(self, items, max_new_tokens, temperature=0.0, num_return_sequences=1, seed=0):
+        return [[f"<answer>{int(wave[0])}</answer>"] for wave, _, _ in items]
+
+
+def test_each_answer_comes_from_its_own_clips_audio():
+    clips = _clips(11)
+    texts = generate_answers(HearsTheClip(), clips, lambda uri: np.full(160, float(uri[8:-4]), np.float32),
+                             batch_size=4, max_new_tokens=8)
+    assert texts == [f"<answer>{i}</answer>" for i in range(11)]

@@ -1,7 +1,13 @@
-"""The command line on real runs: resume of failed verification batches, status."""
+"""The command line on real runs: the whole DAG printing where its report is, resume of failed
+verification batches, status."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -50,3 +56,24 @@ def test_resume_refuses_a_stage_it_cannot_resume_alone(tmp_path):
     recipe.write_text(yaml.safe_dump({"run": "r", "store": {"root": f"file://{tmp_path}/s"}}))
     result = CliRunner().invoke(app, ["resume", "r", "--stage", "teacher", "--recipe", str(recipe)])
     assert result.exit_code == 2
+
+
+@pytest.mark.slow
+def test_run_prints_where_the_report_is(tmp_path, small_recipe):
+    """README command 1 (``sightsound run``), on the demo shrunk to seconds, in a fresh process."""
+    repo = Path(__file__).resolve().parents[2]
+    recipe = small_recipe(tmp_path / "small.yaml", f"file://{tmp_path}/store")
+    assert yaml.safe_load(recipe.read_text())["models"]["student"] == "tiny://qwen2-audio"
+    env = dict(os.environ, PYTHONPATH=str(repo), PREFECT_HOME=str(tmp_path / "prefect"),
+               SIGHTSOUND_CACHE=os.environ.get("SIGHTSOUND_CACHE", str(tmp_path / "cache")))
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(recipe)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    printed = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("report: ", "status: ")))
+    html = printed["report"].strip()
+    path = Path(html.removeprefix("file://"))
+    assert path.is_file() and path.name == "report.html" and path.is_relative_to(tmp_path / "store")
+    assert "<html" in path.read_text().lower()
+    markdown = out.stdout.split("report: ", 1)[1].splitlines()[1].strip()
+    assert Path(markdown.removeprefix("file://")).is_file()
+    assert printed["status"] == "sightsound status small"

@@ -2,11 +2,13 @@
 
 import datetime as dt
 
+import pyarrow as pa
 import pytest
 
-from sightsound_core.config import load_config
+from sightsound_core.config import PipelineConfig, load_config
+from sightsound_core.errors import TransientError
 from sightsound_core.pipeline import open_store
-from sightsound_core.stage import read_index
+from sightsound_core.stage import plan_sources, read_index
 
 UPSTREAM = ("ingest", "teacher", "vote")
 DOWNSTREAM = ("verify", "corpus", "sft", "grpo", "evaluate", "report")
@@ -88,3 +90,28 @@ def test_failed_verify_shard_is_the_only_one_recomputed(
     assert sorted(calls) == [0, 1, 1]
     assert _modified(store, store.list_shards(teacher_dir)) == stamps
     assert read_index(store, "fail")["report"]
+
+
+def test_transient_shard_failure_is_retried_and_succeeds(prefect_harness, s3_store, monkeypatch):
+    import flows.dag as dag
+    from prefect import flow
+
+    # The shard task's own retry rule and count, without its back-off wait.
+    monkeypatch.setattr(dag, "shard_task", dag.shard_task.with_options(retry_delay_seconds=0))
+    calls = []
+
+    def compute(job):
+        calls.append(job.index)
+        if job.index == 1 and calls.count(1) == 1:
+            raise TransientError("planted: rate limited")
+        return pa.table({"i": [job.index]}), None
+
+    plan = plan_sources(s3_store, "retry", "ingest", {"a": 1}, [{"n": 0}, {"n": 1}])
+
+    @flow
+    def one_stage():
+        return dag.run_stage(PipelineConfig(), plan, s3_store, compute)
+
+    ref = one_stage()
+    assert sorted(calls) == [0, 1, 1]  # shard 1 retried once, shard 0 (its own task) not
+    assert ref.shards == [job.output_uri for job in plan.jobs]

@@ -18,5 +18,13 @@ def tiny_student(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def short_student(tiny_student, tmp_path_factory) -> str:
+    """The tiny student hearing a 2 s window: the default tier's training checks run in seconds."""
+    from toyworld import short_window_student
+
+    return short_window_student(tiny_student, tmp_path_factory.mktemp("short"))
+
+
+@pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> list[tuple[str, str]]:
     return write_clips(tmp_path_factory.mktemp("clips"), 8)

@@ -17,6 +17,35 @@ def test_config_mapping():
     assert args.activation_checkpointing is False and args.save_steps == 5
 
 
+def _loss(model_path, examples, waveforms):
+    import torch
+
+    from sightsound_core.training.inputs import encode_sft, load_student
+
+    model, processor = load_student(model_path, "cpu")
+    batch = encode_sft(processor, waveforms, [e.question for e in examples], [list(e.options) for e in examples],
+                       [e.completion for e in examples], max_length=1024)
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def test_a_few_sft_steps_learn_the_batch_from_its_audio(short_student, clips, tmp_path):
+    """Fast version of the slow test below: 20 full fine-tuning steps on 4 clips. Every prompt has
+    the same text, so only the audio tells the items apart: after training, giving each item its
+    neighbour's clip (low for high and back) must cost a much higher loss."""
+    examples = sft_examples(clips[:4])
+    cfg = SFTConfig(max_steps=20, learning_rate=2e-3, per_device_batch_size=4, warmup_ratio=0.0, save_steps=1000,
+                    lora=None)  # fmt: skip
+    result = train_sft(short_student, examples, cfg, str(tmp_path / "sft"), load_audio, device="cpu")
+
+    losses = [h["loss"] for h in result["loss_history"]]
+    assert len(losses) == 20 and sum(losses[-3:]) / 3 < 0.1 * losses[0]
+    waveforms = [load_audio(e.audio_uri) for e in examples]
+    swapped = [waveforms[i ^ 1] for i in range(len(waveforms))]  # clips alternate low, high
+    heard, misheard = _loss(result["merged"], examples, waveforms), _loss(result["merged"], examples, swapped)
+    assert misheard > 4 * heard, (heard, misheard)
+
+
 @pytest.mark.slow
 def test_sft_learns_and_uses_the_audio(tiny_student, clips, tmp_path):
     from sightsound_core.backends.hf_student import StudentModel

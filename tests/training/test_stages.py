@@ -134,3 +134,44 @@ def test_grpo_out_of_memory_scores_fewer_completions_per_forward(file_store, mon
     monkeypatch.setattr(grpo, "train_grpo", fake_train)
     train_job(cfg, file_store, _job(file_store), "policy-fp", "grpo", "model", [])
     assert seen == [None, 8, 4]  # 2 prompts x 8 completions, then halves
+
+
+def test_sft_out_of_memory_after_a_checkpoint_resumes_from_it_with_the_same_update(
+    file_store, tiny_student, clips, monkeypatch
+):
+    """The first attempt writes checkpoint-2, then runs out of memory; the retry starts at step 3
+    with half the rows per device and twice the accumulation, and its steps take the update the
+    uninterrupted run takes."""
+    from sightsound_core.config import PipelineConfig
+    from sightsound_core.errors import OutOfMemoryError as LaunchedOutOfMemory
+    from sightsound_core.training import sft
+    from sightsound_core.training.stages import train_job
+
+    sft_cfg = {"max_steps": 4, "learning_rate": 1e-3, "per_device_batch_size": 4,
+               "gradient_accumulation_steps": 1, "save_steps": 2, "warmup_ratio": 0.0}
+    cfg = PipelineConfig.model_validate({"sft": sft_cfg, "models": {"device": "cpu"}})
+    examples = sft_examples(clips)
+    real_train = sft.train_sft
+    attempts = []
+
+    def out_of_memory_after_the_first_checkpoint(path):
+        raise LaunchedOutOfMemory(f"rank 0: CUDA out of memory after {path}")
+
+    def train(model_path, examples, phase_cfg, out, loader, device, on_checkpoint=None):
+        attempts.append((phase_cfg.per_device_batch_size, phase_cfg.gradient_accumulation_steps))
+        hook = out_of_memory_after_the_first_checkpoint if len(attempts) == 1 else on_checkpoint
+        return real_train(model_path, examples, phase_cfg, out, loader, device, on_checkpoint=hook)
+
+    monkeypatch.setattr(sft, "train_sft", train)
+    metrics = train_job(cfg, file_store, _job(file_store), "cot-fp", "sft", tiny_student, examples)
+
+    assert attempts == [(4, 1), (2, 2)]
+    assert metrics["resumed_from"].endswith("checkpoint-2")
+    assert metrics["steps"] == 4 and [h["step"] for h in metrics["loss_history"]] == [1, 2, 3, 4]
+
+    # The uninterrupted run, on the recipe's batch: the same losses at every step.
+    monkeypatch.undo()
+    clean = sft.train_sft(tiny_student, examples, cfg.sft, str(file_store.local_path(file_store.uri("clean"))),
+                          load_audio, "cpu")
+    assert [h["loss"] for h in metrics["loss_history"]] == pytest.approx(
+        [h["loss"] for h in clean["loss_history"]], rel=1e-3)

@@ -65,3 +65,32 @@ def grpo_examples(clips: list[tuple[str, str]]) -> list[GRPOExample]:
         )
         for i, (uri, label) in enumerate(clips)
     ]
+
+
+def short_window_student(path: str, out: Path, seconds: int = 2) -> str:
+    """``path``'s model hearing a ``seconds``-long window instead of Whisper's 30 s.
+
+    The same weights, the encoder's position table cut to the window: a clip costs 50 encoder
+    positions per second instead of 1,500 in all, so a few training steps take seconds.
+    """
+    from transformers import (
+        AutoProcessor,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path)
+    features = WhisperFeatureExtractor(feature_size=processor.feature_extractor.feature_size, chunk_length=seconds)
+    positions = features.nb_max_frames // 2
+    config = model.config
+    config.audio_config.max_source_positions = positions
+    state = model.state_dict()
+    key = "model.audio_tower.embed_positions.weight"
+    state[key] = state[key][:positions]
+    short = Qwen2AudioForConditionalGeneration(config)
+    short.load_state_dict(state)
+    short.save_pretrained(out)
+    Qwen2AudioProcessor(features, processor.tokenizer, chat_template=processor.chat_template).save_pretrained(out)
+    return str(out)
