@@ -32,3 +32,22 @@ def test_only_strict_verdicts_parse(raw, status):
 def test_format_round_trips():
     assert parse_verdict(format_verdict([])) == ("accepted", [], "ok")
     assert parse_verdict(format_verdict(["fast pulses"]))[:2] == ("rejected", ["fast pulses"])
+
+
+@pytest.mark.parametrize(
+    "raw, parsed",
+    [
+        (None, ("unparseable", [], "empty_reply")),
+        ("  \n", ("unparseable", [], "empty_reply")),
+        ("accept", ("unparseable", [], "not_json")),
+        ('["accept"]', ("unparseable", [], "not_an_object")),
+        ('{"verdict": "accept"}', ("unparseable", [], "wrong_keys")),
+        ('{"verdict": "reject", "unsupported_claims": "a loud bang"}', ("unparseable", [], "claims_not_strings")),
+        ('{"verdict": "reject", "unsupported_claims": [1]}', ("unparseable", [], "claims_not_strings")),
+        ('{"verdict": "reject", "unsupported_claims": [" a bang "]}', ("rejected", ["a bang"], "ok")),
+        ('{"verdict": "maybe", "unsupported_claims": []}', ("unparseable", [], "bad_verdict_value")),
+    ],
+)
+def test_each_failure_has_its_named_reason(raw, parsed):
+    """The reason is a column of the verify stage's rows: each failure class keeps its own name."""
+    assert parse_verdict(raw) == parsed

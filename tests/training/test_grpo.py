@@ -51,6 +51,30 @@ def _always_high(clips):
     return [dataclasses.replace(e, label="high") for e in grpo_examples(clips[:4])]
 
 
+def test_a_few_grpo_steps_raise_the_reward(short_student, clips, tmp_path):
+    """Fast version of the slow test below (about 50 s here): a short-window student warm-started
+    to write the format with either answer, then 8 GRPO steps on clips labelled high."""
+    from sightsound_core.training.sft import train_sft
+
+    both = [
+        dataclasses.replace(e, completion=e.completion.replace(e.label, option), label=option)
+        for e in sft_examples(clips[:4])
+        for option in OPTIONS
+    ]
+    warm = SFTConfig(max_steps=30, learning_rate=2e-3, per_device_batch_size=8, warmup_ratio=0.0, save_steps=1000,
+                     lora=None)  # fmt: skip
+    undecided = train_sft(short_student, both, warm, str(tmp_path / "sft"), load_audio, device="cpu")["merged"]
+    cfg = GRPOConfig(
+        max_steps=8, learning_rate=1e-4, num_generations=8, prompts_per_step=2, max_completion_length=16,
+        temperature=1.0, beta=0.04, save_steps=100, lora=None,
+    )  # fmt: skip
+    history = train_grpo(undecided, _always_high(clips), cfg, str(tmp_path / "grpo"), load_audio, "cpu")["history"]
+    # The warm start answers either way (accuracy about 0.5); a rising reward is answering high.
+    rewards, accuracy = [h["reward"] for h in history], [h["accuracy"] for h in history]
+    assert np.mean(rewards[-3:]) > rewards[0] + 0.2, rewards
+    assert np.mean(accuracy[-3:]) > accuracy[0] + 0.25, accuracy
+
+
 @pytest.mark.slow
 def test_grpo_raises_the_reward(undecided_student, clips, tmp_path):
     cfg = GRPOConfig(
