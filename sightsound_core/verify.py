@@ -374,6 +374,41 @@ def run_verify(
     return ref
 
 
+def read_verdicts(store: ObjectStore, run: str) -> dict[tuple[str, int], Verdict]:
+    """The verdicts run ``run`` has committed, by trace (empty when it has none), from the shard
+    files themselves: readable while the stage is reopened for a repair."""
+    entry = read_index(store, run).get("verify")
+    if entry is None:
+        return {}
+    return {
+        (v.clip_id, v.sample_idx): v
+        for uri in store.list_shards(entry["dir"])
+        for v in Verdict.from_table(store.read_table(uri))
+    }
+
+
+def verdict_changes(
+    before: dict[tuple[str, int], Verdict], after: dict[tuple[str, int], Verdict]
+) -> dict[str, Any]:
+    """What a resume did: traces asked again (``re_asked``: more attempts, or new) and verdicts
+    that moved, as ``{"error->accepted": n}`` (``new->…`` for traces not committed before).
+
+    >>> v = lambda s, n: Verdict("c", 0, s, [], "", "", n, 0.0, "sim", "m", None)
+    >>> verdict_changes({("c", 0): v("error", 1)}, {("c", 0): v("accepted", 2)})
+    {'re_asked': 1, 'changed': {'error->accepted': 1}}
+    """
+    changed: dict[str, int] = {}
+    re_asked = 0
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None or new.attempts > old.attempts:
+            re_asked += 1
+        if old is None or old.status != new.status:
+            move = f"{old.status if old else 'new'}->{new.status}"
+            changed[move] = changed.get(move, 0) + 1
+    return {"re_asked": re_asked, "changed": changed}
+
+
 def resume_verify(cfg: VerifyConfig, store: ObjectStore, run: str) -> StageRef:
     """Finish run ``run``'s verify stage: re-verify its error rows and uncommitted shards.
 
