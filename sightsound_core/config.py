@@ -322,7 +322,9 @@ class VerifyConfig(StageConfig):
     backoff_base_s: float = runtime(0.5, gt=0, description="First retry waits up to this long.")
     backoff_max_s: float = runtime(30.0, gt=0, description="Longest backoff between retries.")
     part_size: int = runtime(
-        64, ge=1, description="Verdicts per part file: work a killed shard keeps on restart."
+        64, ge=1, description="Traces per call of a batch backend (sim, hf, vllm); each call's "
+        "verdicts are saved before the next. A streaming backend (openai) saves each verdict as "
+        "its answer arrives, so a killed run re-asks only what was on the wire."
     )
     batch_size: int = runtime(8, ge=1, description="Traces per generate call (hf, vllm).")
     device: str = runtime("auto", description="auto, cpu or cuda (hf).")

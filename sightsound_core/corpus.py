@@ -120,11 +120,13 @@ def build_dataset(name: str, cfg: CorpusConfig, t: CorpusTables) -> pa.Table:
 
 
 def funnel(t: CorpusTables) -> dict[str, Any]:
-    """Clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family."""
+    """Clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family, with
+    the verify errors (traces whose request failed) beside them."""
     parsed_ok: dict[str, bool] = {}
     for s in t.samples:
         parsed_ok[s.clip_id] = parsed_ok.get(s.clip_id, True) and s.parse_status == OK
     verified = {v.clip_id for v in t.verdicts if v.status == "accepted"}
+    errors = [v.clip_id for v in t.verdicts if v.status == "error"]  # traces the verifier never judged
 
     def count(clips: list[Clip]) -> dict[str, int]:
         ids = {c.clip_id for c in clips}
@@ -135,6 +137,7 @@ def funnel(t: CorpusTables) -> dict[str, Any]:
             "unanimous": sum(v.reason in ("kept", "label_mismatch") for v in votes),
             "label_agreeing": sum(v.kept for v in votes),
             "verified": len(ids & verified),
+            "errors": sum(i in ids for i in errors),
         }
 
     families = sorted({c.family for c in t.clips.values()})

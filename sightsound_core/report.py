@@ -427,9 +427,11 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         sections.append(Section(
             "Distillation funnel",
             ["Clips left after each filter: every teacher sample parsed, the K answers unanimous, "
-             "the winner equal to the label, a trace accepted by the audio verifier (AGFV)."],
-            [Table("funnel", ["family", *FUNNEL_STEPS],
-                   [[fam, *[counts[s] for s in FUNNEL_STEPS]] for fam, counts in by_family])],
+             "the winner equal to the label, a trace accepted by the audio verifier (AGFV); "
+             "errors: traces whose verify request failed (`sightsound resume RUN --stage verify`)."],
+            [Table("funnel", ["family", *FUNNEL_STEPS, "errors"],
+                   [[fam, *[counts[s] for s in FUNNEL_STEPS], counts.get("errors", 0)]
+                    for fam, counts in by_family])],
             ["funnel"],
         ))
         agreement = funnel["agreement_by_family"]

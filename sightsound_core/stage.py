@@ -19,18 +19,23 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import os
+import socket
+import time
 from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sightsound_core.config import CODE_VERSION, StageConfig, digest
-from sightsound_core.storage import ObjectStore, join
+from sightsound_core.storage import MANIFEST, ObjectStore, join
 
 log = logging.getLogger(__name__)
 
 FP_KEY = b"sightsound.input_fingerprint"
 HASH_KEY = b"sightsound.stage_hash"
+PARTS_DIR = "_parts"
+REPAIR = "_REPAIR.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +187,29 @@ def is_committed(store: ObjectStore, job: ShardJob) -> bool:
     return meta.get(FP_KEY, b"").decode() == job.input_fingerprint
 
 
+def parts_dir(job: ShardJob) -> str:
+    """Where an uncommitted shard keeps the rows it has paid for (API answers), so a killed
+    attempt's successor asks only for the rest. Keyed by input fingerprint: new inputs, new parts."""
+    stage_dir = job.output_uri.rsplit("/", 1)[0]
+    return join(stage_dir, PARTS_DIR, f"{job.index:05d}-{job.input_fingerprint}")
+
+
+def write_part(store: ObjectStore, job: ShardJob, table: pa.Table) -> None:
+    """Make ``table``'s rows durable for ``job`` before more work is paid for (one atomic file)."""
+    name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+    store.write_table(join(parts_dir(job), name), table)
+
+
+def read_parts(store: ObjectStore, job: ShardJob) -> list[pa.Table]:
+    """Every part file of ``job``, oldest first."""
+    return [store.read_table(uri) for uri in store.list_shards(parts_dir(job), prefix="part-")]
+
+
 def commit_shard(
     store: ObjectStore, job: ShardJob, table: pa.Table, quarantine: pa.Table | None = None
 ) -> str:
-    """Commit a shard (quarantine rows first, the shard last: its presence means done).
+    """Commit a shard (quarantine rows first, the shard last: its presence means done), then
+    drop the part files it was assembled from.
 
     A shard already here from other inputs is removed first: were the process to die between the
     writes, it would otherwise sit beside a quarantine file written for these inputs, and be
@@ -201,7 +225,28 @@ def commit_shard(
     meta[FP_KEY] = job.input_fingerprint.encode()
     meta[HASH_KEY] = job.stage_hash.encode()
     store.write_table(job.output_uri, table.replace_schema_metadata(meta))
+    store.rm(parts_dir(job), recursive=True)
     return job.output_uri
+
+
+def reopen_stage(store: ObjectStore, plan: StagePlan, shards: list[int]) -> None:
+    """Open a committed stage for an in-place repair of ``shards``: a repair marker (who, where,
+    since when) first, then the manifest goes. The next ``finalize`` writes the manifest and
+    removes the marker; until then ``sightsound status`` shows the repair, running or stopped."""
+    store.write_json(join(plan.dir, REPAIR), {
+        "stage": plan.stage,
+        "shards": shards,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    })
+    store.rm(join(plan.dir, MANIFEST))
+
+
+def read_repair(store: ObjectStore, dir_uri: str) -> dict[str, Any] | None:
+    """The repair marker of a stage directory, or None when no repair is open."""
+    uri = join(dir_uri, REPAIR)
+    return store.read_json(uri) if store.exists(uri) else None
 
 
 def run_shard(
@@ -267,6 +312,7 @@ def finalize(
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         store.commit_manifest(plan.dir, manifest)
+    store.rm(join(plan.dir, REPAIR))  # a repair, if one was open, is closed by the manifest
     record_in_index(store, plan.run, plan.stage, plan.dir, plan.stage_hash)
     return ref_from_manifest(plan.dir, manifest)
 

@@ -23,7 +23,15 @@ from sightsound_core.backends.base import TeacherBackend, TeacherRequest
 from sightsound_core.config import TeacherConfig, VoteConfig
 from sightsound_core.media.decode import MediaError, load_frames
 from sightsound_core.schemas import Clip, Quarantine, TeacherSample, Vote
-from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_map, run_plan
+from sightsound_core.stage import (
+    ShardJob,
+    StagePlan,
+    StageRef,
+    plan_map,
+    read_parts,
+    run_plan,
+    write_part,
+)
 from sightsound_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -82,42 +90,78 @@ def plan_teacher(cfg: TeacherConfig, store: ObjectStore, run: str, clips: StageR
 def teacher_shard(
     cfg: TeacherConfig, store: ObjectStore, job: ShardJob
 ) -> tuple[pa.Table, pa.Table | None]:
+    """K rows per clip, in clip order. Answers are paid for once: each clip's rows are saved to a
+    part file as soon as its reply arrives (a streaming backend, ``sample_stream``) or after each
+    batch call, before the next request goes out; a later attempt of a killed shard reuses them
+    and asks only for the other clips. A failed request is not saved, so it is asked again."""
     clips = Clip.from_table(store.read_table(job.inputs["clips"]))
     backend = make_teacher(cfg)
 
     requests, quarantine = load_requests(clips, cfg, store, job.stage)
+    by_clip: dict[str, list[TeacherSample]] = {}
+    for part in read_parts(store, job):
+        for row in TeacherSample.from_table(part):
+            by_clip.setdefault(row.clip_id, []).append(row)
+    pending = [r for r in requests if r.clip.clip_id not in by_clip]
+    if len(pending) < len(requests):
+        log.info("teacher shard %d: %d of %d clips already answered, asking for %d",
+                 job.index, len(requests) - len(pending), len(requests), len(pending))
 
-    # Sample K per clip in batches; every clip yields exactly K rows, errors included.
-    rows: list[TeacherSample] = []
-    for start in range(0, len(requests), cfg.batch_size):
-        batch = requests[start : start + cfg.batch_size]
-        results = backend.sample(batch, cfg.k, cfg.seed)
+    # Sample K per clip; every clip yields exactly K rows, errors included.
+    failed: dict[str, str] = {}
+
+    def on_results(results: list[tuple[TeacherRequest, TeacherResult]]) -> None:
+        answered: list[TeacherSample] = []
+        for req, res in results:
+            rows = _sample_rows(req, res, cfg.k, backend)
+            by_clip[req.clip.clip_id] = rows
+            if res.error is None:
+                answered += rows
+            else:
+                failed[req.clip.clip_id] = res.error
+        if answered:
+            write_part(store, job, TeacherSample.to_table(answered))
+
+    stream = getattr(backend, "sample_stream", None)
+    for start in range(0, len(pending), cfg.batch_size):
+        batch = pending[start : start + cfg.batch_size]
+        if stream is not None:
+            results = stream(batch, cfg.k, cfg.seed, lambda i, res, b=batch: on_results([(b[i], res)]))
+        else:
+            results = backend.sample(batch, cfg.k, cfg.seed)
         if [r.clip_id for r in results] != [r.clip.clip_id for r in batch]:
             raise RuntimeError(f"{backend.name} teacher returned results out of request order")
-        for req, res in zip(batch, results):
-            if res.error is not None:
-                quarantine.append(Quarantine(job.stage, req.clip.clip_id, "teacher_error", res.error))
-            for i in range(cfg.k):
-                gen = res.samples[i] if i < len(res.samples) else None
-                text = gen.text if gen else ""
-                parsed = parse_response(text, req.clip.options)
-                rows.append(
-                    TeacherSample(
-                        clip_id=req.clip.clip_id,
-                        sample_idx=i,
-                        raw=text,
-                        think=parsed.think,
-                        answer=parsed.option,
-                        parse_status=parsed.status if gen else "error",
-                        finish_reason=gen.finish_reason if gen else "error",
-                        prompt_tokens=gen.prompt_tokens if gen else 0,
-                        completion_tokens=gen.completion_tokens if gen else 0,
-                        latency_s=round(res.latency_s, 6),
-                        backend=backend.name,
-                        model=backend.model,
-                    )
-                )
+        if stream is None:
+            on_results(list(zip(batch, results)))
+    quarantine += [Quarantine(job.stage, r.clip.clip_id, "teacher_error", failed[r.clip.clip_id])
+                   for r in requests if r.clip.clip_id in failed]
+    rows = [row for req in requests for row in sorted(by_clip[req.clip.clip_id], key=lambda s: s.sample_idx)]
     return TeacherSample.to_table(rows), Quarantine.to_table(quarantine)
+
+
+def _sample_rows(req: TeacherRequest, res: TeacherResult, k: int, backend: TeacherBackend) -> list[TeacherSample]:
+    rows = []
+    for i in range(k):
+        gen = res.samples[i] if i < len(res.samples) else None
+        text = gen.text if gen else ""
+        parsed = parse_response(text, req.clip.options)
+        rows.append(
+            TeacherSample(
+                clip_id=req.clip.clip_id,
+                sample_idx=i,
+                raw=text,
+                think=parsed.think,
+                answer=parsed.option,
+                parse_status=parsed.status if gen else "error",
+                finish_reason=gen.finish_reason if gen else "error",
+                prompt_tokens=gen.prompt_tokens if gen else 0,
+                completion_tokens=gen.completion_tokens if gen else 0,
+                latency_s=round(res.latency_s, 6),
+                backend=backend.name,
+                model=backend.model,
+            )
+        )
+    return rows
 
 
 def load_requests(

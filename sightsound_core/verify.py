@@ -7,15 +7,20 @@ reason is the error class: ``http_429``, ``timeout``, ``media:<reason>``…).
 
 Resumability, beyond the stage contract (``stage.py``):
 
-- **Within a shard.** Verdicts are written as they arrive, ``part_size`` at a time, to part files
-  under ``{stage_dir}/_parts/{index}-{input fingerprint}/``. A shard killed mid-way keeps its parts;
-  the next attempt verifies only the traces no part holds a final verdict for, then commits the
-  shard (one row per trace, in trace order) and deletes the parts.
+- **Within a shard: every answer is paid for once.** Each verdict is written to a part file
+  under ``{stage_dir}/_parts/{index}-{input fingerprint}/`` the moment its answer arrives, before
+  any further request is sent (write-ahead: a streaming backend's callback writes inside the event
+  loop, so no request can leave while an answer is only in memory; a batch backend's verdicts are
+  written after each call of ``part_size`` traces, before the next call). A kill at any moment
+  re-asks at most the requests that were on the wire. The next attempt verifies only the traces
+  no part holds a final verdict for, then commits the shard (one row per trace, in trace order)
+  and deletes the parts.
 - **Across runs.** A committed shard that holds retryable ``error`` rows (anything but
   ``media:*``, which is quarantined and would fail again) is *repaired* on the next run: only its
   error rows are re-verified, and the merged shard is committed in place. Verdicts already
   committed are never recomputed or billed again. Because a repair changes a committed shard, the
-  stage's manifest is removed first and written again last.
+  stage is reopened first (a repair marker, then the manifest removed: ``stage.reopen_stage``) and
+  its manifest written again last, which closes the repair.
 
 ``run_verify`` does both; ``resume_verify(cfg, store, run)`` does the same for an existing run
 from its run index (what ``sightsound resume RUN --stage verify`` calls); ``verify_job`` is the
@@ -26,8 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -48,12 +51,14 @@ from sightsound_core.stage import (
     load_ref,
     plan_map,
     read_index,
+    read_parts,
+    reopen_stage,
+    write_part,
 )
-from sightsound_core.storage import MANIFEST, ObjectStore, join
+from sightsound_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-PARTS_DIR = "_parts"
 MEDIA_ERROR = "media:"
 # Fence markers of verifier_user_text; a trace that contains them could close the fence early.
 _FENCE_MARKERS = ("<<<TRACE", "TRACE>>>")
@@ -150,19 +155,6 @@ def plan_verify(
 # One shard
 
 
-def parts_dir(job: ShardJob) -> str:
-    stage_dir = job.output_uri.rsplit("/", 1)[0]
-    return join(stage_dir, PARTS_DIR, f"{job.index:05d}-{job.input_fingerprint}")
-
-
-def _read_parts(store: ObjectStore, job: ShardJob) -> list[Verdict]:
-    where = parts_dir(job)
-    rows: list[Verdict] = []
-    for uri in store.list_shards(where, prefix="part-"):
-        rows.extend(Verdict.from_table(store.read_table(uri)))
-    return rows
-
-
 def verify_shard(
     cfg: VerifyConfig, store: ObjectStore, job: ShardJob, previous: pa.Table | None = None
 ) -> tuple[pa.Table, pa.Table | None]:
@@ -177,7 +169,9 @@ def verify_shard(
     samples = TeacherSample.from_table(store.read_table(job.inputs["samples"]))
     votes = Vote.from_table(store.read_table(job.inputs["votes"]))
     todo = traces_to_verify(votes, samples, cfg.samples_per_clip)
-    earlier = (Verdict.from_table(previous) if previous is not None else []) + _read_parts(store, job)
+    earlier = Verdict.from_table(previous) if previous is not None else []
+    for part in read_parts(store, job):
+        earlier += Verdict.from_table(part)
     settled: dict[tuple[str, int], Verdict] = {}
     spent: dict[tuple[str, int], tuple[int, float]] = {}  # attempts and time of failed tries
     for v in earlier:
@@ -213,25 +207,13 @@ def verify_shard(
             continue
         requests.append((sample, VerifyRequest(clip, sample.sample_idx, sample.raw, heard)))
 
-    # Verify, writing each ``part_size`` verdicts as they arrive.
-    buffer: list[Verdict] = list(fresh)
+    # Verify: what each answer settles is durable before the next request is sent.
+    def on_results(results: list[tuple[int, VerifyResult]]) -> None:
+        verdicts = [_verdict(requests[i][0], r, backend, requests[i][1].clip, spent) for i, r in results]
+        write_part(store, job, Verdict.to_table(verdicts))
+        fresh.extend(verdicts)
 
-    def flush() -> None:
-        if buffer:
-            name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
-            store.write_table(join(parts_dir(job), name), Verdict.to_table(buffer))
-            buffer.clear()
-
-    def on_result(i: int, result: VerifyResult) -> None:
-        sample, req = requests[i]
-        verdict = _verdict(sample, result, backend, req.clip, spent)
-        fresh.append(verdict)
-        buffer.append(verdict)
-        if len(buffer) >= cfg.part_size:
-            flush()
-
-    _stream(backend, [r for _, r in requests], on_result, cfg.part_size)
-    flush()
+    _stream(backend, [r for _, r in requests], on_results, cfg.part_size)
 
     # Merge: exactly one row per trace, in trace order.
     for v in fresh:
@@ -246,14 +228,16 @@ def verify_shard(
 def _stream(
     backend: VerifierBackend,
     requests: list[VerifyRequest],
-    on_result: Callable[[int, VerifyResult], None],
+    on_results: Callable[[list[tuple[int, VerifyResult]]], None],
     batch: int,
 ) -> None:
-    """Call ``on_result`` once per request: as results arrive when the backend streams
-    (``verify_stream``), else after each ``batch`` of ``verify`` calls."""
+    """Hand every result to ``on_results`` before the next request can go out: one at a time as
+    each arrives when the backend streams (``verify_stream`` calls back inside its event loop,
+    so nothing else is sent while the callback runs), else all of each ``batch`` of ``verify``
+    calls, before the next call."""
     stream = getattr(backend, "verify_stream", None)
     if stream is not None:
-        results = stream(requests, on_result)
+        results = stream(requests, lambda i, result: on_results([(i, result)]))
         if len(results) != len(requests):
             raise RuntimeError(f"verifier returned {len(results)} results for {len(requests)} requests")
         return
@@ -262,8 +246,7 @@ def _stream(
         results = backend.verify(chunk)
         if len(results) != len(chunk):
             raise RuntimeError(f"verifier returned {len(results)} results for {len(chunk)} requests")
-        for i, result in enumerate(results, start):
-            on_result(i, result)
+        on_results(list(enumerate(results, start)))
 
 
 def _verdict(
@@ -313,9 +296,7 @@ def verify_job(cfg: VerifyConfig, store: ObjectStore, job: ShardJob) -> str:
         table, quarantine = verify_shard(cfg, store, job, previous)
     else:
         table, quarantine = verify_shard(cfg, store, job)
-    uri = commit_shard(store, job, table, quarantine)
-    store.rm(parts_dir(job), recursive=True)
-    return uri
+    return commit_shard(store, job, table, quarantine)
 
 
 def reopen(store: ObjectStore, plan: StagePlan) -> list[int]:
@@ -324,7 +305,7 @@ def reopen(store: ObjectStore, plan: StagePlan) -> list[int]:
     repair = [j.index for j in plan.jobs if is_committed(store, j) and retryable_errors(store, j)]
     if repair:
         log.info("verify: re-verifying error rows of shards %s", repair)
-        store.rm(join(plan.dir, MANIFEST))
+        reopen_stage(store, plan, repair)
     return repair
 
 
@@ -391,6 +372,41 @@ def run_verify(
     log.info("verify: %s; hallucination precision/recall %s", summary.get("statuses"),
              summary.get("hallucination"))
     return ref
+
+
+def read_verdicts(store: ObjectStore, run: str) -> dict[tuple[str, int], Verdict]:
+    """The verdicts run ``run`` has committed, by trace (empty when it has none), from the shard
+    files themselves: readable while the stage is reopened for a repair."""
+    entry = read_index(store, run).get("verify")
+    if entry is None:
+        return {}
+    return {
+        (v.clip_id, v.sample_idx): v
+        for uri in store.list_shards(entry["dir"])
+        for v in Verdict.from_table(store.read_table(uri))
+    }
+
+
+def verdict_changes(
+    before: dict[tuple[str, int], Verdict], after: dict[tuple[str, int], Verdict]
+) -> dict[str, Any]:
+    """What a resume did: traces asked again (``re_asked``: more attempts, or new) and verdicts
+    that moved, as ``{"error->accepted": n}`` (``new->…`` for traces not committed before).
+
+    >>> v = lambda s, n: Verdict("c", 0, s, [], "", "", n, 0.0, "sim", "m", None)
+    >>> verdict_changes({("c", 0): v("error", 1)}, {("c", 0): v("accepted", 2)})
+    {'re_asked': 1, 'changed': {'error->accepted': 1}}
+    """
+    changed: dict[str, int] = {}
+    re_asked = 0
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None or new.attempts > old.attempts:
+            re_asked += 1
+        if old is None or old.status != new.status:
+            move = f"{old.status if old else 'new'}->{new.status}"
+            changed[move] = changed.get(move, 0) + 1
+    return {"re_asked": re_asked, "changed": changed}
 
 
 def resume_verify(cfg: VerifyConfig, store: ObjectStore, run: str) -> StageRef:

@@ -97,7 +97,7 @@ def test_funnel_verifier_and_training_come_from_the_run(demo):
     store, refs = demo["store"], demo["refs"]
     funnel = refs["corpus"].manifest["summary"]["funnel"]
     rows = {r[0]: [int(x) for x in r[1:]] for r in _table(demo["md"], "Distillation funnel")}
-    steps = ["clips", "parsed", "unanimous", "label_agreeing", "verified"]
+    steps = ["clips", "parsed", "unanimous", "label_agreeing", "verified", "errors"]
     assert rows["all"] == [funnel["all"][s] for s in steps]
     for family, counts in funnel["by_family"].items():
         assert rows[family] == [counts[s] for s in steps]

@@ -8,7 +8,8 @@ one JPEG ``image_url`` per frame, each preceded by its timestamp, for hosted ima
 
 Concurrency, client-side rate limits, retries with backoff on 429/5xx/timeouts/malformed bodies
 and the ``Retry-After`` discipline all live in ``openai_client.ChatClient``; this module only
-builds requests and maps replies to ``TeacherResult``. Each request carries the request id
+builds requests and maps replies to ``TeacherResult``; ``sample_stream`` hands each result over as
+it arrives, so the teacher stage can save it before another request is sent. Each request carries the request id
 ``teacher:{clip_id}:{seed}`` (``questions:…`` for synthesis). A request that fails after its
 retries gives a result with no samples and the error; the teacher stage turns it into K error
 rows and a quarantine row, so no sample is ever lost or duplicated.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -120,6 +121,17 @@ class OpenAITeacher:
         """Nothing to load: a client is opened per call (``run_chat``)."""
 
     def sample(self, requests: list[TeacherRequest], k: int, seed: int) -> list[TeacherResult]:
+        return self.sample_stream(requests, k, seed)
+
+    def sample_stream(
+        self,
+        requests: list[TeacherRequest],
+        k: int,
+        seed: int,
+        on_result: Callable[[int, TeacherResult], None] | None = None,
+    ) -> list[TeacherResult]:
+        """One result per request, in request order; ``on_result(i, result)`` as each finishes,
+        inside the client's event loop (no request is sent while it runs)."""
         chats = [
             ChatRequest(
                 messages=[
@@ -136,7 +148,12 @@ class OpenAITeacher:
             )
             for r in requests
         ]
-        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.settings, chats), strict=True)]
+
+        def done(i: int, res: ChatResult) -> None:
+            if on_result is not None:
+                on_result(i, self._result(requests[i], res, k))
+
+        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.settings, chats, done), strict=True)]
 
     def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
         """One question-synthesis reply per clip (JSON text, parsed by ``questions.parse_proposals``)."""

@@ -12,8 +12,9 @@ on the order requests arrive in:
 
 An *item* is the ``X-Client-Request-Id`` header when the client sends one, else a digest of the
 last user message. ``requests[item]`` counts attempts per item and ``outcomes`` counts fates, so a
-test can assert which items a run touched; ``script(item, [...])`` forces the next fates of one
-item. With ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets a 401 whose
+test can assert which items a run touched; ``answered_at[item]`` is the wall-clock time the
+handler last handed a successful reply to the transport (what a kill test compares with the moment
+of its kill); ``script(item, [...])`` forces the next fates of one item. With ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets a 401 whose
 body quotes the key it was sent (as real servers partly do), to test redaction; it is counted in
 ``outcomes["401"]`` only.
 
@@ -118,6 +119,7 @@ class FakeOpenAIServer:
         self.requests: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.log: list[tuple[str, int, str]] = []
+        self.answered_at: dict[str, float] = {}
         self.in_flight = 0
         self.max_in_flight = 0
         self.port = 0
@@ -146,6 +148,7 @@ class FakeOpenAIServer:
         self.requests.clear()
         self.outcomes.clear()
         self.log.clear()
+        self.answered_at.clear()
         self.max_in_flight = 0
 
     def start(self) -> "FakeOpenAIServer":
@@ -242,7 +245,9 @@ class FakeOpenAIServer:
             if fate == "malformed":
                 return web.Response(text='{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"ind',
                                     content_type="application/json")
-            return web.json_response(self._completion(body))
+            reply = web.json_response(self._completion(body))
+            self.answered_at[item] = time.time()
+            return reply
         finally:
             self.in_flight -= 1
 
