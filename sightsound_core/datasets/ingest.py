@@ -19,7 +19,9 @@ Checks, cheapest first, each refusal a Quarantine row (``input`` is the clip id,
 text, missing or mistyped fields, a duplicate id (the first record with an id keeps it), a media
 path that escapes the root, too few options or a label not among them, then the media file itself
 (``media.decode.screen_media``: not found, empty, not media, truncated, over the configured
-duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
+duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio). A
+folder corpus's videos are cut into windows (sightsound_core.datasets.folder): the duration limit
+applies to windows, files have a much larger one, and each skipped window is a row too.
 """
 
 from __future__ import annotations
@@ -251,8 +253,11 @@ def _ingest_folder(
         try:
             folder.check_file(f)
             uri = root.resolve(f["path"])
-            info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio, root.storage_options)
-            clips.append(folder.to_clip(f, cfg, uri, info.duration_s))
+            info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio,
+                                root.storage_options, windowed=True)
+            made, skipped = folder.cut_windows(f, cfg, uri, info.duration_s, root.storage_options)
+            clips += made
+            bad += [quarantine(job.stage, *row) for row in skipped]
         except InputRefused as exc:
             bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
     return clips, bad

@@ -125,3 +125,62 @@ def test_limit_caps_the_files_ingested_in_total(tmp_path, file_store):
     assert len(_clips(file_store, run_ingest(cfg, file_store, "r"))) == 2
     write_av(root / "3.mp4")
     assert len(_clips(file_store, run_ingest(cfg, file_store, "r"))) == 2
+
+
+def _span(item: str) -> tuple[float, float]:
+    start, end = item.rsplit("#t=", 1)[1].split(",")
+    return float(start), float(end)
+
+
+def test_long_video_becomes_windows_and_every_second_is_accounted_for(tmp_path, file_store):
+    from fakes.longvideo import write_long_av
+
+    root = tmp_path / "corpus"
+    write_long_av(root / "talks" / "long.mp4", 300.0, [(2, 4), (35, 38), (150, 151.5), (291, 299)])
+    cfg = IngestConfig(dataset="folder", path=str(root))
+    ref = run_ingest(cfg, file_store, "r")
+    clips = Clip.from_table(read_all(file_store, ref))
+    ids = [c.clip_id for c in clips]
+    assert ids == [f"folder:talks/long.mp4#t={a},{a + 10}" for a in (0, 30, 150, 290)]
+    clip = clips[1]
+    assert clip.video_uri == clip.audio_uri == f"file://{root}/talks/long.mp4#t=30,40"
+    assert clip.duration_s == 10.0 and (clip.meta_dict()["start_s"], clip.meta_dict()["end_s"]) == (30, 40)
+
+    skipped = _quarantined(file_store, ref)
+    assert set(skipped.values()) == {"silent_window"} and len(skipped) == 26
+    spans = sorted(_span(i) for i in [*ids, *skipped])
+    assert spans[0][0] == 0 and spans[-1][1] == 300
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
+
+    again = run_ingest(cfg, file_store, "r2")
+    assert [c.clip_id for c in Clip.from_table(read_all(file_store, again))] == ids
+
+
+def test_window_cap_tail_and_file_limit(tmp_path, file_store):
+    from fakes.longvideo import write_long_av
+
+    root = tmp_path / "corpus"
+    write_long_av(root / "a.mp4", 45.0, [(0, 45)])
+    write_long_av(root / "b.mp4", 25.5, [(0, 25.5)])
+    windows = {"max_per_video": 2, "min_s": 2.0}
+    cfg = IngestConfig(dataset="folder", path=str(root), windows=windows, limits={"max_file_duration_s": 40})
+    ref = run_ingest(cfg, file_store, "r")
+    assert _clips(file_store, ref) == ["folder:b.mp4#t=0,10", "folder:b.mp4#t=10,20"]
+    assert _quarantined(file_store, ref) == {"folder:a.mp4": "duration_too_long", "folder:b.mp4#t=20,25.5": "over_window_cap"}
+
+    cfg = IngestConfig(dataset="folder", path=str(root), windows={"min_s": 6.0})
+    ref = run_ingest(cfg, file_store, "r")
+    assert _quarantined(file_store, ref) == {"folder:a.mp4#t=40,45": "short_window",
+                                             "folder:b.mp4#t=20,25.5": "short_window"}
+    assert len(_clips(file_store, ref)) == 6
+    with pytest.raises(ValueError, match="max_duration_s"):
+        IngestConfig(dataset="folder", path=str(root), limits={"max_duration_s": 5})
+
+
+def test_doctests():
+    import doctest
+
+    from sightsound_core.datasets import folder
+    from sightsound_core.media import decode
+
+    assert doctest.testmod(folder).failed == 0 and doctest.testmod(decode).failed == 0
