@@ -184,6 +184,9 @@ class IngestConfig(StageConfig):
     limit: int | None = Field(
         None, ge=1, description="Read at most this many items (records, or files for folder)."
     )
+    page_size: int = runtime(
+        1000, ge=1, description="folder: files per listing page (one list request each on S3)."
+    )
     storage_options: dict[str, Any] | None = runtime(
         None,
         description="fsspec options for the dataset's URIs; default: the store's when the "

@@ -3,16 +3,14 @@
 Every file under ``path`` whose name ends with one of ``extensions`` is a video; symlinks are
 listed (and refused when they lead out of the root) but symlinked folders are not followed.
 
-Incremental ingest. A *ledger* in the run's object store, ``{stage dir}/_ledger.json``, records
-which files went into which shard, each by its content key (relative path, size, and the object
-store's ETag or the file's mtime)::
-
-    {"shards": [{"index": 0, "files": [{"path": "a/b.mp4", "size": 1234, "stamp": "...",
-                                         "changed": false}, ...]}, ...]}
-
-Each run lists the root, appends the files whose key the ledger does not hold as new shards after
-the existing ones, and plans every ledger shard: old shards are committed and reused as they are,
-so a scheduled run does only the new files. A file that changed since it was ingested (same path,
+Incremental ingest. A *ledger* in the run's object store, ``{stage dir}/_ledger/``, records which
+files went into which shard, each by its content key (relative path, size, and the object store's
+ETag or the file's mtime). It is append-only: each run that finds new files writes one more
+Parquet part, ``part-{n:06d}.parquet``, with columns ``shard, path, size, stamp, changed``, and
+never rewrites an earlier one. Each run lists the root page by page (``DatasetRoot.pages``),
+appends the files whose key the ledger does not hold as new shards after the existing ones, and
+plans every ledger shard: old shards are committed and reused as they are, so a scheduled run
+decodes only the new files and writes only their shards. A file that changed since it was ingested (same path,
 new key) would give second clips with the same ids: it is quarantined (``changed_since_ingest``)
 unless its earlier version never became a clip (it was quarantined, say half-uploaded), in which
 case the new version is ingested.
@@ -27,7 +25,7 @@ or a skipped row with its reason (``silent_window``: less active sound than ``mi
 rest of a video past ``max_per_video``), and a file refused as a whole is one row. Silence is
 judged from one streaming pass over the audio track (``media.decode.audio_levels``). Deleted files leave
 their clips in the old shards. Two runs of the same stage must not plan at the same moment (the
-ledger is one object; the scheduler runs one at a time).
+next part's name would be taken twice; the scheduler runs one at a time).
 
 Unlabeled clips. A Clip needs a question with at least two options, and these videos have none
 yet. Each clip carries a placeholder yes/no question that is meaningful on any video (whether the
@@ -40,6 +38,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+import pyarrow as pa
 
 from sightsound_core.config import IngestConfig, WindowConfig
 from sightsound_core.datasets.common import DatasetRoot, Refused
@@ -55,42 +55,61 @@ from sightsound_core.schemas import Clip
 from sightsound_core.stage import compute_stage_hash, shard_uri, stage_dir
 from sightsound_core.storage import ObjectStore, join
 
-LEDGER = "_ledger.json"
+LEDGER = "_ledger"
+LEDGER_SCHEMA = pa.schema(
+    [("shard", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("stamp", pa.string()),
+     ("changed", pa.bool_())]
+)
 PLACEHOLDER_QUESTION = "Is the sound in this clip made by something visible on screen?"
 PLACEHOLDER_OPTIONS = ["yes", "no"]
 
 
-def list_videos(root: DatasetRoot, extensions: list[str]) -> list[dict[str, Any]]:
-    """Video files under the root, sorted by relative path, each ``{path, size, stamp}``."""
+def new_videos(
+    root: DatasetRoot, extensions: list[str], known: dict[str, tuple[str, int, str]], page_size: int
+) -> list[dict[str, Any]]:
+    """Video files under the root whose key ``known`` (path -> key) does not hold, sorted by path,
+    each ``{path, size, stamp}``; the listing is read a page at a time."""
     endings = tuple(e.lower() for e in extensions)
-    return [
+    new = [
         {"path": rel, **stat}
-        for rel, stat in root.listing().items()
-        if rel.lower().endswith(endings)
+        for page in root.pages(page_size)
+        for rel, stat in page
+        if rel.lower().endswith(endings) and known.get(rel) != (rel, stat["size"], stat["stamp"])
     ]
+    return sorted(new, key=lambda f: f["path"])
 
 
 def ledger_uri(cfg: IngestConfig, store: ObjectStore, run: str, stage: str) -> str:
     return join(stage_dir(store, run, stage, compute_stage_hash(stage, cfg, [])), LEDGER)
 
 
+def read_ledger(store: ObjectStore, uri: str) -> list[list[dict[str, Any]]]:
+    """The ledger's shards in order, each the list of its files."""
+    shards: list[list[dict[str, Any]]] = []
+    for name in store.ls(uri):
+        if not (name.startswith("part-") and name.endswith(".parquet")):
+            continue
+        for row in store.read_table(join(uri, name), LEDGER_SCHEMA).to_pylist():
+            while len(shards) <= row["shard"]:
+                shards.append([])
+            shards[row["shard"]].append({k: row[k] for k in ("path", "size", "stamp", "changed")})
+    return shards
+
+
 def plan_folder(
     cfg: IngestConfig, store: ObjectStore, run: str, stage: str, root: DatasetRoot
 ) -> list[dict[str, Any]]:
-    """Update the ledger with files not yet ingested; return one source per ledger shard."""
+    """Append the files not yet ingested to the ledger; return one source per ledger shard."""
     uri = ledger_uri(cfg, store, run, stage)
-    ledger = store.read_json(uri) if store.exists(uri) else {"shards": []}
+    shards = read_ledger(store, uri)
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    for shard in ledger["shards"]:
-        for f in shard["files"]:
-            latest[f["path"]] = (shard["index"], f)
+    for index, files in enumerate(shards):
+        for f in files:
+            latest[f["path"]] = (index, f)
 
-    new = [
-        f for f in list_videos(root, cfg.extensions)
-        if f["path"] not in latest or _key(latest[f["path"]][1]) != _key(f)
-    ]
+    new = new_videos(root, cfg.extensions, {p: _key(f) for p, (_, f) in latest.items()}, cfg.page_size)
     if cfg.limit is not None:
-        new = new[: max(0, cfg.limit - sum(len(s["files"]) for s in ledger["shards"]))]
+        new = new[: max(0, cfg.limit - sum(len(files) for files in shards))]
     if new:
         out_dir = stage_dir(store, run, stage, compute_stage_hash(stage, cfg, []))
         became_clip: dict[int, set[str]] = {}
@@ -99,12 +118,12 @@ def plan_folder(
             f["changed"] = earlier is not None and _was_clip(
                 store, out_dir, earlier[0], f["path"], became_clip
             )
-        for start in range(0, len(new), cfg.shard_size):
-            ledger["shards"].append(
-                {"index": len(ledger["shards"]), "files": new[start : start + cfg.shard_size]}
-            )
-        store.write_json(uri, ledger)
-    return [{"kind": "folder", "root": root.uri, "files": s["files"]} for s in ledger["shards"]]
+        first = len(shards)
+        shards += [new[start : start + cfg.shard_size] for start in range(0, len(new), cfg.shard_size)]
+        rows = [{"shard": i, **f} for i in range(first, len(shards)) for f in shards[i]]
+        parts = [n for n in store.ls(uri) if n.startswith("part-")]
+        store.write_table(join(uri, f"part-{len(parts):06d}.parquet"), pa.Table.from_pylist(rows, LEDGER_SCHEMA))
+    return [{"kind": "folder", "root": root.uri, "files": files} for files in shards]
 
 
 def _key(f: dict[str, Any]) -> tuple[str, int, str]:

@@ -10,7 +10,7 @@ from mediafiles import write_av
 
 from sightsound_core.config import IngestConfig
 from sightsound_core.datasets import ingest as ingest_mod
-from sightsound_core.datasets.folder import PLACEHOLDER_OPTIONS, ledger_uri
+from sightsound_core.datasets.folder import PLACEHOLDER_OPTIONS, ledger_uri, read_ledger
 from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.schemas import Clip, Quarantine
 from sightsound_core.stage import read_all
@@ -62,8 +62,10 @@ def test_each_run_ingests_only_new_files_as_new_shards(tmp_path, file_store, scr
     assert second.shards[:2] == first.shards and len(second.shards) == 3
     assert second.manifest["shards"][:2] == first.manifest["shards"]
     assert _clips(file_store, second)[3:] == ["folder:d.mp4", "folder:sub/e.mp4"]
-    ledger = file_store.read_json(ledger_uri(cfg, file_store, "r", "ingest"))
-    assert [len(s["files"]) for s in ledger["shards"]] == [2, 1, 2]
+    ledger = ledger_uri(cfg, file_store, "r", "ingest")
+    assert [len(files) for files in read_ledger(file_store, ledger)] == [2, 1, 2]
+    parts = [n for n in file_store.ls(ledger) if n.startswith("part-")]
+    assert parts == ["part-000000.parquet", "part-000001.parquet"]  # appended, never rewritten
 
 
 def test_unlabeled_clip_carries_a_placeholder_question(tmp_path, file_store):
@@ -112,8 +114,8 @@ def test_bucket_listing_uses_etags(s3_store, tmp_path):
     second = run_ingest(cfg, s3_store, "r")
     assert second.shards[0] == first.shards[0] and len(second.shards) == 2
     assert _clips(s3_store, second)[2:] == ["folder:three.mp4"]
-    ledger = s3_store.read_json(ledger_uri(cfg, s3_store, "r", "ingest"))
-    stamps = [f["stamp"] for s in ledger["shards"] for f in s["files"]]
+    ledger = read_ledger(s3_store, ledger_uri(cfg, s3_store, "r", "ingest"))
+    stamps = [f["stamp"] for files in ledger for f in files]
     assert all(len(s) == 32 for s in stamps)  # S3 ETags (MD5 hex), not mtimes
 
 
@@ -184,3 +186,25 @@ def test_doctests():
     from sightsound_core.media import decode
 
     assert doctest.testmod(folder).failed == 0 and doctest.testmod(decode).failed == 0
+
+
+def test_incremental_run_reads_and_writes_only_what_is_new(tmp_path, file_store, screened, monkeypatch):
+    root = tmp_path / "corpus"
+    for i in range(6):
+        write_av(root / f"{i}.mp4")
+    cfg = IngestConfig(dataset="folder", path=str(root), shard_size=2, page_size=4)
+    first = run_ingest(cfg, file_store, "r")
+    old = {u: os.stat(file_store.local_path(u)).st_mtime_ns for u in first.shards}
+
+    write_av(root / "6.mp4")
+    read, written = [], []
+    real_read, real_write = file_store.read_table, file_store.write_table
+    monkeypatch.setattr(file_store, "read_table", lambda uri, *a: read.append(uri) or real_read(uri, *a))
+    monkeypatch.setattr(file_store, "write_table", lambda uri, t: written.append(uri) or real_write(uri, t))
+    screened.clear()
+    second = run_ingest(cfg, file_store, "r")
+    assert screened == ["6.mp4"] and second.shards[:3] == first.shards and len(second.shards) == 4
+    assert {u: os.stat(file_store.local_path(u)).st_mtime_ns for u in first.shards} == old
+    new_shard = second.shards[3]
+    assert [u for u in read if "/shard-" in u] == [new_shard]  # old shards' entries come from the manifest
+    assert [u.rsplit("/", 1)[1] for u in written] == ["part-000001.parquet", "shard-00003.parquet"]
