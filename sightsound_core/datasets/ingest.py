@@ -114,7 +114,7 @@ def annotations_uri(cfg: IngestConfig, adapter: Adapter, root: DatasetRoot) -> s
     return join(root.uri, name)
 
 
-def _read_records(cfg: IngestConfig, store: ObjectStore, uri: str) -> list[Any]:
+def read_records(cfg: IngestConfig, store: ObjectStore, uri: str) -> list[Any]:
     records = read_annotations(uri, storage_options(cfg, store, uri))
     return records[: cfg.limit] if cfg.limit else records
 
@@ -162,7 +162,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
     uri = annotations_uri(cfg, adapter, root)
     head = {"kind": cfg.dataset, "annotations": uri}
     try:
-        records = _read_records(cfg, store, uri)
+        records = read_records(cfg, store, uri)
     except Refused as exc:
         return [{**head, "error": [exc.reason, exc.detail]}]
     first, context = _first_positions(adapter, records), adapter.context(records)
@@ -192,7 +192,7 @@ def _ingest_annotated(
     adapter = ADAPTERS[cfg.dataset]
     root = dataset_root(cfg, store)
     uri = src["annotations"]
-    records = _read_records(cfg, store, uri)
+    records = read_records(cfg, store, uri)
     first, context = _first_positions(adapter, records), adapter.context(records)
     start, stop = src["start"], src["stop"]
     if _records_fingerprint(adapter, records, first, context, start, stop) != src["records"]:
