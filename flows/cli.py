@@ -311,30 +311,51 @@ def ui(
 
 @app.command()
 def plan(
+    recipe: Optional[Path] = typer.Argument(
+        None, help="A recipe to plan: its models, K, steps and corpus (a folder is listed and a "
+        "sample of its videos probed). Without one, only the --set inputs count."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="An input, e.g. --set clips=500000 --set gpus=16 (repeatable); "
-        "see `sightsound plan --show-inputs`."
+        "see `sightsound plan --show-inputs`. With a recipe, these win over what it says."
     ),
+    workers: int = typer.Option(
+        1, min=1, help="With a recipe: GPU workers, each with the teacher's tensor-parallel GPUs."
+    ),
+    sample: int = typer.Option(50, min=1, help="With a folder recipe: videos probed for windows."),
     show_inputs: bool = typer.Option(False, "--show-inputs", help="List every input and default."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Estimate a run before starting it: GPU-hours per stage, API calls and cost, wall time."""
-    from sightsound_core.capacity import CapacityInputs, estimate
+    """Estimate a run before starting it: windows, GPU-hours per stage, API calls and cost, wall time."""
+    from sightsound_core.capacity import CapacityInputs, estimate, plan_recipe
+    from sightsound_core.config import ConfigError, load_config
 
     if show_inputs:
         for name, field in CapacityInputs.model_fields.items():
             print(f"{name} = {field.default!r}  {field.description or ''}")
         return
     try:
-        inputs = CapacityInputs.model_validate(_parse_sets(set_))
-    except Exception as exc:
+        sets = _parse_sets(set_)
+        if recipe is not None:
+            from sightsound_core.pipeline import open_store
+
+            cfg = load_config(recipe)
+            planned = plan_recipe(cfg, open_store(cfg), workers, sample, sets)
+        else:
+            inputs = CapacityInputs.model_validate(sets)
+            planned = {"inputs": inputs.model_dump(), "estimate": estimate(inputs)}
+    except (ConfigError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2)
-    result = estimate(inputs)
     if as_json:
-        print(json.dumps({"inputs": inputs.model_dump(), "estimate": result}, indent=2))
+        print(json.dumps(planned, indent=2))
         return
-    table = Table(title=f"{inputs.clips:,} clips, K={inputs.k}, {inputs.gpus} GPUs")
+    inputs, result = planned["inputs"], planned["estimate"]
+    if "corpus" in planned:
+        c = planned["corpus"]
+        console.print(", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
+                                for k, v in c.items()))
+    table = Table(title=f"{inputs['clips']:,} questions, K={inputs['k']}, {inputs['gpus']} GPUs")
     for col in ("stage", "GPU-hours", "wall hours", "GPU cost", "API calls", "API cost"):
         table.add_column(col, justify="right")
     for name, r in result.items():

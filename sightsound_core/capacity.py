@@ -5,13 +5,24 @@ measured on an H100 here (shared NOTES.md): decode is bound by reading the weigh
 (``decode_efficiency`` of that bound is reached), prefill and training by FLOPs (``mfu`` of peak).
 Training FLOPs follow NOTES.md: 4·N per token for a frozen base with LoRA (forward + input
 gradients), 6·N for full fine-tuning; a reference-model forward adds 2·N.
+
+``plan_recipe`` fills the inputs from a recipe and, for a folder corpus, from the corpus itself:
+it lists the folder and probes a sample of its videos to count windows (``survey_corpus``).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from sightsound_core.config import IngestConfig, PipelineConfig
+from sightsound_core.datasets import folder
+from sightsound_core.datasets.ingest import ADAPTERS, annotations_uri, dataset_root, read_records
+from sightsound_core.media.decode import MediaError, probe
+from sightsound_core.storage import ObjectStore
 
 
 class CapacityInputs(BaseModel):
@@ -112,3 +123,94 @@ def estimate(inp: CapacityInputs) -> dict[str, dict[str, float]]:
         "wall_hours": round(sum(s["wall_hours"] for s in out.values()), 2),
     }
     return out
+
+
+# -- from a recipe --------------------------------------------------------------------------------
+def params_from_name(model: str, default: float) -> float:
+    """Billions of parameters read from a model id (``Qwen2.5-VL-32B-Instruct`` -> 32.0).
+
+    >>> params_from_name("Qwen/Qwen2.5-VL-32B-Instruct", 7.0), params_from_name("tiny://x", 7.0)
+    (32.0, 7.0)
+    """
+    found = re.findall(r"(?<![\d.])(\d+(?:\.\d+)?)[Bb](?![a-z])", model.rsplit("/", 1)[-1])
+    return float(found[-1]) if found else default
+
+
+def survey_corpus(cfg: IngestConfig, store: ObjectStore, sample: int) -> dict[str, Any]:
+    """How many clips a recipe's ingest gives, without ingesting.
+
+    A folder is listed (page by page) and up to ``sample`` of its videos, spread evenly over the
+    listing, are probed (headers only) for their windows; the windows of the rest are scaled by
+    bytes. The count is before silent windows are skipped: an upper bound. Synthetic data and
+    annotation files are counted exactly.
+    """
+    if cfg.dataset == "synthetic":
+        n = cfg.synthetic.n_clips if cfg.limit is None else min(cfg.limit, cfg.synthetic.n_clips)
+        return {"dataset": "synthetic", "clips": n}
+    root = dataset_root(cfg, store)
+    if cfg.dataset != "folder":
+        records = read_records(cfg, store, annotations_uri(cfg, ADAPTERS[cfg.dataset], root))
+        return {"dataset": cfg.dataset, "clips": len(records)}
+
+    files = folder.new_videos(root, cfg.extensions, {}, cfg.page_size)[: cfg.limit]
+    picks = files if len(files) <= sample else [files[i * len(files) // sample] for i in range(sample)]
+    seconds = windows = probed_bytes = unreadable = 0
+    for f in picks:
+        try:
+            duration = probe(root.resolve(f["path"]), root.storage_options).duration_s
+        except MediaError:
+            unreadable += 1
+            continue
+        if duration > cfg.limits.max_file_duration_s:
+            unreadable += 1
+            continue
+        spans, _ = folder.window_spans(duration, cfg.windows)
+        seconds += duration
+        windows += sum(1 for a, b in spans if b - a >= cfg.windows.min_s)
+        probed_bytes += f["size"]
+    total_bytes = sum(f["size"] for f in files)
+    scale = total_bytes / probed_bytes if probed_bytes and len(picks) < len(files) else 1.0
+    return {
+        "dataset": "folder", "files": len(files), "bytes": total_bytes, "probed": len(picks),
+        "refused_in_sample": unreadable, "exact": len(picks) == len(files),
+        "seconds": round(seconds * scale, 1), "windows": round(windows * scale), "clips": round(windows * scale),
+    }
+
+
+def plan_recipe(
+    cfg: PipelineConfig, store: ObjectStore, workers: int, sample: int = 50,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recipe's corpus surveyed, and its estimate on ``workers`` GPU workers.
+
+    Each worker has the teacher's tensor-parallel degree of GPUs. A folder corpus's windows are
+    first proposed questions (one teacher generation each, the ``questions`` row) and each gives
+    ``questions_per_clip`` questions for the K-sample teacher, vote and verifier. ``overrides``
+    are CapacityInputs fields that win over what the recipe says (prices, efficiencies).
+    """
+    corpus = survey_corpus(cfg.ingest, store, sample)
+    windows = corpus["clips"]
+    questions = windows * cfg.teacher.questions_per_clip if cfg.ingest.dataset == "folder" else windows
+    gpus_per_worker = cfg.teacher.tensor_parallel_size
+    base = dict(
+        clips=max(1, questions), k=cfg.teacher.k, trace_tokens=cfg.teacher.max_new_tokens,
+        teacher_params_b=params_from_name(cfg.teacher.model, CapacityInputs().teacher_params_b),
+        student_params_b=params_from_name(cfg.models.student, CapacityInputs().student_params_b),
+        verify_per_clip=cfg.verify.samples_per_clip,
+        sft_steps=cfg.sft.max_steps * len(cfg.sft.variants),
+        sft_batch=cfg.sft.per_device_batch_size * cfg.sft.gradient_accumulation_steps,
+        lora=cfg.sft.lora is not None,
+        grpo_steps=cfg.grpo.max_steps if cfg.grpo.enabled else 0,
+        grpo_prompts_per_step=cfg.grpo.prompts_per_step, grpo_generations=cfg.grpo.num_generations,
+        grpo_completion_tokens=cfg.grpo.max_completion_length,
+        gpus=workers * gpus_per_worker,
+    )
+    inputs = CapacityInputs.model_validate({**base, **(overrides or {})})
+    result = estimate(inputs)
+    if cfg.ingest.dataset == "folder":
+        proposals = estimate(inputs.model_copy(update={"clips": max(1, windows), "k": 1}))["teacher"]
+        result = {"questions": proposals, **result}
+        for key in ("gpu_hours", "gpu_cost", "wall_hours"):
+            result["total"][key] = round(result["total"][key] + proposals[key], 2)
+    return {"corpus": corpus, "workers": workers, "gpus_per_worker": gpus_per_worker,
+            "inputs": inputs.model_dump(), "estimate": result}

@@ -125,9 +125,52 @@ class SyntheticConfig(StageConfig):
 class MediaLimits(StageConfig):
     """Bounds on media that ingest accepts; anything beyond them is quarantined, not decoded later."""
 
-    max_duration_s: float = Field(600.0, gt=0, description="Longer media is quarantined.")
+    max_duration_s: float = Field(
+        600.0, gt=0, description="Longer clips are quarantined (for a folder corpus: longer windows)."
+    )
+    max_file_duration_s: float = Field(
+        12 * 3600.0, gt=0,
+        description="folder: a longer video is quarantined (shorter ones are cut into windows).",
+    )
     max_width: int = Field(7680, gt=0, description="Wider video is quarantined.")
     max_height: int = Field(4320, gt=0, description="Taller video is quarantined.")
+
+
+class WindowConfig(StageConfig):
+    """How a folder corpus's long videos become clips: fixed windows, silent ones skipped.
+
+    Windows start at 0, ``hop_s`` apart, each ``length_s`` long (the last one ends with the file).
+    A file no longer than one window is one clip, named and addressed as the file itself.
+    """
+
+    length_s: float = Field(10.0, gt=0, description="Seconds per window (AVQA's cuts are 10 s).")
+    hop_s: float | None = Field(
+        None, gt=0, description="Seconds between window starts; default length_s (no overlap). "
+        "At most length_s, so every second of a file falls in some window."
+    )
+    min_s: float = Field(1.0, gt=0, description="A shorter window (a file's tail) is skipped.")
+    max_per_video: int | None = Field(
+        None, ge=1, description="Cut at most this many windows from one video, from its start; "
+        "the rest of it is recorded as one skipped row (over_window_cap)."
+    )
+    silence_db: float = Field(
+        -50.0, le=0, description="A 100 ms block is active when its RMS level is above this (dBFS)."
+    )
+    min_active_s: float = Field(
+        0.3, ge=0, description="A window with less active sound than this is skipped (silent_window)."
+    )
+
+    @property
+    def hop(self) -> float:
+        return self.hop_s if self.hop_s is not None else self.length_s
+
+    @model_validator(mode="after")
+    def _hop_covers(self) -> "WindowConfig":
+        if self.hop > self.length_s:
+            raise ValueError(f"windows.hop_s {self.hop} > length_s {self.length_s} would skip seconds")
+        if self.min_s > self.length_s:
+            raise ValueError(f"windows.min_s {self.min_s} > length_s {self.length_s}")
+        return self
 
 
 class IngestConfig(StageConfig):
@@ -167,9 +210,16 @@ class IngestConfig(StageConfig):
     )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     limits: MediaLimits = Field(default_factory=MediaLimits)
-    shard_size: int = Field(32, ge=1, description="Clips per shard: the unit of caching and retry.")
+    windows: WindowConfig = Field(default_factory=WindowConfig)
+    shard_size: int = Field(
+        32, ge=1, description="Clips per shard: the unit of caching and retry (folder: videos per "
+        "shard, each cut into windows)."
+    )
     limit: int | None = Field(
         None, ge=1, description="Read at most this many items (records, or files for folder)."
+    )
+    page_size: int = runtime(
+        1000, ge=1, description="folder: files per listing page (one list request each on S3)."
     )
     storage_options: dict[str, Any] | None = runtime(
         None,
@@ -181,6 +231,11 @@ class IngestConfig(StageConfig):
     def _path_for_real_data(self) -> "IngestConfig":
         if self.dataset != "synthetic" and not self.path:
             raise ValueError(f"ingest.path is required for dataset '{self.dataset}'")
+        if self.dataset == "folder" and self.windows.length_s > self.limits.max_duration_s:
+            raise ValueError(
+                f"ingest.windows.length_s {self.windows.length_s} > limits.max_duration_s "
+                f"{self.limits.max_duration_s}: every window would be quarantined"
+            )
         return self
 
     @property

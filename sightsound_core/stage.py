@@ -270,35 +270,22 @@ def finalize(
     """Write the manifest (last) and the run index entry; return the committed output.
 
     Reuses an existing manifest when it names exactly the plan's shards with the same inputs;
-    ``summary`` is called only when a new manifest is written.
+    ``summary`` is called only when a new manifest is written. A shard the existing manifest
+    already describes (same URI, same inputs) keeps its entry, so a stage that grew by a few
+    shards (an incremental ingest and everything downstream) reads only the new ones.
     """
     existing = store.read_manifest(plan.dir)
     expected = [(j.output_uri, j.input_fingerprint) for j in plan.jobs]
     if existing and [(s["uri"], s["input_fingerprint"]) for s in existing["shards"]] == expected:
         manifest = existing
     else:
+        known = {(s["uri"], s["input_fingerprint"]): s for s in (existing or {}).get("shards", [])}
         shards = []
         for job in plan.jobs:
             if not is_committed(store, job):
                 raise RuntimeError(f"{plan.stage}: shard {job.index} is not committed")
-            table = store.read_table(job.output_uri)
-            quarantined = (
-                store.read_table(job.quarantine_uri).num_rows
-                if store.exists(job.quarantine_uri)
-                else 0
-            )
-            shards.append(
-                {
-                    "index": job.index,
-                    "uri": job.output_uri,
-                    "rows": table.num_rows,
-                    "fingerprint": _file_sha(store, job.output_uri),
-                    "input_fingerprint": job.input_fingerprint,
-                    "source": job.source,
-                    "quarantined": quarantined,
-                    "status_counts": _status_counts(table),
-                }
-            )
+            entry = known.get((job.output_uri, job.input_fingerprint))
+            shards.append(dict(entry, index=job.index) if entry else _shard_entry(store, job))
         manifest = {
             "run": plan.run,
             "stage": plan.stage,
@@ -315,6 +302,23 @@ def finalize(
     store.rm(join(plan.dir, REPAIR))  # a repair, if one was open, is closed by the manifest
     record_in_index(store, plan.run, plan.stage, plan.dir, plan.stage_hash)
     return ref_from_manifest(plan.dir, manifest)
+
+
+def _shard_entry(store: ObjectStore, job: ShardJob) -> dict[str, Any]:
+    table = store.read_table(job.output_uri)
+    quarantined = (
+        store.read_table(job.quarantine_uri).num_rows if store.exists(job.quarantine_uri) else 0
+    )
+    return {
+        "index": job.index,
+        "uri": job.output_uri,
+        "rows": table.num_rows,
+        "fingerprint": _file_sha(store, job.output_uri),
+        "input_fingerprint": job.input_fingerprint,
+        "source": job.source,
+        "quarantined": quarantined,
+        "status_counts": _status_counts(table),
+    }
 
 
 def _status_counts(table: pa.Table) -> dict[str, int]:

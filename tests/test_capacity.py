@@ -37,3 +37,51 @@ def test_cli_plan_json_and_bad_input():
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "plan", "--set", "clips=-1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "clips" in bad.stderr
+
+
+def test_plan_a_folder_recipe_counts_windows_and_scales_with_workers(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fakes.longvideo import write_long_av
+    from flows.cli import app
+
+    root = tmp_path / "corpus"
+    write_long_av(root / "a.mp4", 25.0, [(0, 1)])
+    write_long_av(root / "sub" / "b.mp4", 45.0, [(0, 1)])
+    write_long_av(root / "c.mp4", 5.0, [(0, 1)])
+    (root / "notes.txt").write_text("not a video")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run": "p", "store": {"root": f"file://{tmp_path}/store"},
+        "ingest": {"dataset": "folder", "path": str(root)},
+        "teacher": {"k": 4, "questions_per_clip": 2, "model": "Qwen/Qwen2.5-VL-32B-Instruct"},
+    }))
+
+    def plan(*args):
+        result = CliRunner().invoke(app, ["plan", str(recipe), "--json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    one = plan()
+    assert one["corpus"] == {"dataset": "folder", "files": 3, "bytes": one["corpus"]["bytes"], "probed": 3,
+                             "refused_in_sample": 0, "exact": True, "seconds": 75.0, "windows": 9, "clips": 9}
+    assert one["inputs"]["clips"] == 18 and one["inputs"]["k"] == 4 and one["inputs"]["teacher_params_b"] == 32
+    est = one["estimate"]
+    assert est["questions"]["gpu_hours"] < est["teacher"]["gpu_hours"]  # one proposal vs K samples each
+    assert est["verify"]["api_calls"] == round(18 * 0.4)
+    slow = ("--set", "decode_efficiency=0.001")  # hours big enough to survive rounding
+    one, four = plan(*slow), plan("--workers", "4", *slow)
+    assert one["estimate"]["teacher"]["wall_hours"] > 1 and four["inputs"]["decode_efficiency"] == 0.001
+    assert four["estimate"]["teacher"]["wall_hours"] == pytest.approx(one["estimate"]["teacher"]["wall_hours"] / 4, rel=0.02)
+    assert four["estimate"]["teacher"]["gpu_hours"] == one["estimate"]["teacher"]["gpu_hours"]
+    sampled = plan("--sample", "1")
+    assert sampled["corpus"]["probed"] == 1 and not sampled["corpus"]["exact"] and sampled["corpus"]["windows"] > 0
+
+
+def test_doctests():
+    import doctest
+
+    from sightsound_core import capacity
+
+    assert doctest.testmod(capacity).failed == 0

@@ -245,3 +245,24 @@ def test_teacher_rows_carry_the_shared_parsers_verdict(file_store, monkeypatch):
     assert rows[4].think is None or rows[4].think == ""
     vote = decide([r.answer if r.parse_status == "ok" else None for r in rows], "a", UNANIMOUS)
     assert vote == ("b", round(1 / 7, 3), False, "disagree")
+
+
+def test_window_clips_give_the_teacher_and_verifier_their_window_only(tmp_path, file_store):
+    """Every stage reads a window clip's media through its URI: frames and audio of the window."""
+    from fakes.longvideo import grey_level, write_long_av
+
+    from sightsound_core.config import IngestConfig
+    from sightsound_core.datasets.ingest import run_ingest
+    from sightsound_core.media.decode import load_audio
+
+    write_long_av(tmp_path / "v" / "long.mp4", 60.0, [(0, 5), (42, 44)])
+    clips = Clip.from_table(read_all(file_store, run_ingest(IngestConfig(dataset="folder", path=str(tmp_path / "v")), file_store, "r")))
+    assert [c.clip_id for c in clips] == ["folder:long.mp4#t=0,10", "folder:long.mp4#t=40,50"]
+    requests, bad = teacher_mod.load_requests(clips, TeacherConfig(), file_store, "teacher")
+    assert not bad
+    for req, start in zip(requests, (0, 40)):
+        assert np.all(np.abs(req.frames.astype(float) - grey_level(start)) <= 2)
+        assert req.frame_times.max() < 10
+    audio = load_audio(clips[1].audio_uri)
+    loud = [s for s in range(10) if np.abs(audio[s * 16000 : (s + 1) * 16000]).max() > 0.1]
+    assert len(audio) == 160_000 and loud == [2, 3]

@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import posixpath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -112,17 +112,48 @@ class DatasetRoot:
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """Every file under the root (symlinks included, not followed), by relative path:
-        ``{"size": bytes, "stamp": etag or mtime}``. One listing call, also on object stores."""
+        ``{"size": bytes, "stamp": etag or mtime}``."""
+        return {rel: stat for page in self.pages() for rel, stat in page}
+
+    def pages(self, page_size: int = 1000) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """``listing()`` a page at a time, ``(relative path, stat)`` pairs, so a bucket of millions
+        of objects is never held as one listing: one ``ListObjectsV2`` request per page on S3,
+        one directory at a time elsewhere."""
+        if hasattr(self.fs, "call_s3"):
+            yield from self._s3_pages(page_size)
+            return
+        page: list[tuple[str, dict[str, Any]]] = []
         try:
-            found = self.fs.find(self.path, detail=True)
+            for _, _, files in self.fs.walk(self.path, detail=True):
+                for name in sorted(files):
+                    info = files[name]
+                    stat = {"size": int(info.get("size") or 0), "stamp": _stamp(info)}
+                    page.append((self.relative(info["name"]), stat))
+                    if len(page) == page_size:
+                        yield page
+                        page = []
         except FileNotFoundError:
-            return {}
-        out = {}
-        for name, info in sorted(found.items()):
-            if info.get("type") == "directory":
-                continue
-            out[self.relative(name)] = {"size": int(info.get("size") or 0), "stamp": _stamp(info)}
-        return out
+            return
+        if page:
+            yield page
+
+    def _s3_pages(self, page_size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        bucket, _, prefix = self.path.partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        token: str | None = None
+        while True:
+            kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+            if token:
+                kwargs["ContinuationToken"] = token
+            reply = self.fs.call_s3("list_objects_v2", **kwargs)
+            yield [
+                (obj["Key"][len(prefix) :], {"size": int(obj.get("Size") or 0), "stamp": _stamp(obj)})
+                for obj in reply.get("Contents", [])
+                if not obj["Key"].endswith("/")
+            ]
+            token = reply.get("NextContinuationToken")
+            if not reply.get("IsTruncated") or not token:
+                return
 
 
 def fs_is_local(fs: AbstractFileSystem) -> bool:

@@ -22,6 +22,8 @@ path that escapes the root, too few options, options that repeat a string (excep
 keeps them: MMAU, whose official scorer reads the text) or a label not among them, then the media
 file itself (``media.decode.screen_media``: not found, empty, not media, truncated, over the
 configured duration or resolution, missing a stream the dataset needs, zero-length or NaN/inf audio).
+A folder corpus's videos are cut into windows (sightsound_core.datasets.folder): the duration limit
+applies to windows, files have a much larger one, and each skipped window is a row too.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def annotations_uri(cfg: IngestConfig, adapter: Adapter, root: DatasetRoot) -> s
     return join(root.uri, name)
 
 
-def _read_records(cfg: IngestConfig, store: ObjectStore, uri: str) -> list[Any]:
+def read_records(cfg: IngestConfig, store: ObjectStore, uri: str) -> list[Any]:
     records = read_annotations(uri, storage_options(cfg, store, uri))
     return records[: cfg.limit] if cfg.limit else records
 
@@ -190,7 +192,7 @@ def _annotated_sources(cfg: IngestConfig, store: ObjectStore) -> list[dict[str, 
     uri = annotations_uri(cfg, adapter, root)
     head = {"kind": cfg.dataset, "annotations": uri}
     try:
-        records = _read_records(cfg, store, uri)
+        records = read_records(cfg, store, uri)
     except Refused as exc:
         return [{**head, "error": [exc.reason, exc.detail]}]
     first, context = _first_positions(adapter, records), adapter.context(records)
@@ -221,7 +223,7 @@ def _ingest_annotated(
     adapter = ADAPTERS[cfg.dataset]
     root = dataset_root(cfg, store)
     uri = src["annotations"]
-    records = _read_records(cfg, store, uri)
+    records = read_records(cfg, store, uri)
     first, context = _first_positions(adapter, records), adapter.context(records)
     conflicts = _conflicts(adapter, records)
     start, stop = src["start"], src["stop"]
@@ -288,8 +290,11 @@ def _ingest_folder(
         try:
             folder.check_file(f)
             uri = root.resolve(f["path"])
-            info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio, root.storage_options)
-            clips.append(folder.to_clip(f, cfg, uri, info.duration_s))
+            info = screen_media(uri, cfg.limits, cfg.requires_video, cfg.requires_audio,
+                                root.storage_options, windowed=True)
+            made, skipped = folder.cut_windows(f, cfg, uri, info.duration_s, root.storage_options)
+            clips += made
+            bad += [quarantine(job.stage, *row) for row in skipped]
         except InputRefused as exc:
             bad.append(quarantine(job.stage, item, exc.reason, exc.detail))
     return clips, bad

@@ -8,12 +8,22 @@ bad media.
 
 Video and audio are decoded separately on purpose: ``load_frames`` never demuxes the audio
 stream, so the vision teacher cannot hear the clip even by accident.
+
+Windows. A URI may end in a media fragment, ``{file}#t={start},{end}`` (seconds, W3C Media
+Fragments), naming a window of a longer file (``window_uri``). ``load_frames`` and ``load_audio``
+then seek to the window's start and stop decoding at its end, so a window costs about the same
+wherever it lies in the file, and frame times are relative to the window's start. Every stage that
+opens a clip's ``video_uri`` or ``audio_uri`` goes through these two functions, so the window is
+honoured everywhere without the stages knowing about it. A ``DecodeCounter`` passed to either
+counts the packets demuxed and frames decoded, the measure of that cost.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -42,6 +52,47 @@ _MAGIC = (
 )
 # Decoded audio shorter than this share of the declared duration means the file was cut short.
 _MIN_DECODED_SHARE = 0.5
+_FRAGMENT = re.compile(r"#t=(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)$")
+
+
+def seconds_text(x: float) -> str:
+    """Seconds as written in window ids and URIs: millisecond precision, no trailing zeros.
+
+    >>> seconds_text(30.0), seconds_text(12.5), seconds_text(1 / 3)
+    ('30', '12.5', '0.333')
+    """
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def window_uri(uri: str, start_s: float, end_s: float) -> str:
+    """``uri`` narrowed to the window ``[start_s, end_s)``.
+
+    >>> window_uri("s3://b/a.mp4", 30, 40)
+    's3://b/a.mp4#t=30,40'
+    """
+    return f"{uri}#t={seconds_text(start_s)},{seconds_text(end_s)}"
+
+
+def split_window(uri: str) -> tuple[str, float | None, float | None]:
+    """The file URI and the window a URI names, ``(uri, None, None)`` when it names no window.
+
+    >>> split_window("file:///v/a.mp4#t=30,40.5")
+    ('file:///v/a.mp4', 30.0, 40.5)
+    >>> split_window("file:///v/a.mp4")
+    ('file:///v/a.mp4', None, None)
+    """
+    m = _FRAGMENT.search(uri)
+    if m is None:
+        return uri, None, None
+    return uri[: m.start()], float(m.group(1)), float(m.group(2))
+
+
+@dataclasses.dataclass
+class DecodeCounter:
+    """What decoding cost: packets demuxed and frames decoded, summed over the calls given it."""
+
+    packets: int = 0
+    frames: int = 0
 
 
 class MediaError(InputRefused):
@@ -78,7 +129,8 @@ class MediaInfo:
 
 @contextmanager
 def _open(uri: str, storage_options: dict[str, Any] | None) -> Iterator[av.container.InputContainer]:
-    """Open ``uri`` through fsspec and PyAV, mapping every open failure to a MediaError."""
+    """Open ``uri`` (a window's file) through fsspec and PyAV, mapping open failures to MediaError."""
+    uri = split_window(uri)[0]
     try:
         fobj = fsspec.open(uri, "rb", **(storage_options or {})).open()
     except FileNotFoundError:
@@ -131,12 +183,15 @@ def probe(uri: str, storage_options: dict[str, Any] | None = None) -> MediaInfo:
         )
 
 
-def check_limits(info: MediaInfo, limits: MediaLimits, uri: str = "") -> None:
-    """Raise MediaError when probed media is longer or larger than the configured limits."""
-    if info.duration_s > limits.max_duration_s:
-        raise MediaError(
-            "duration_too_long", f"{uri}: {info.duration_s:.1f} s > {limits.max_duration_s:.1f} s"
-        )
+def check_limits(info: MediaInfo, limits: MediaLimits, uri: str = "", windowed: bool = False) -> None:
+    """Raise MediaError when probed media is longer or larger than the configured limits.
+
+    A file that will be cut into windows (``windowed``) answers to ``max_file_duration_s``; the
+    windows themselves are bounded by ``max_duration_s``.
+    """
+    bound = limits.max_file_duration_s if windowed else limits.max_duration_s
+    if info.duration_s > bound:
+        raise MediaError("duration_too_long", f"{uri}: {info.duration_s:.1f} s > {bound:.1f} s")
     if info.width > limits.max_width or info.height > limits.max_height:
         raise MediaError(
             "resolution_too_large",
@@ -150,6 +205,7 @@ def screen_media(
     requires_video: bool,
     requires_audio: bool,
     storage_options: dict[str, Any] | None = None,
+    windowed: bool = False,
 ) -> MediaInfo:
     """Everything ingest checks before a file may enter the run; raises MediaError, else its info.
 
@@ -157,15 +213,16 @@ def screen_media(
     the audio track when audio is needed: zero-length, NaN/inf and cut-short audio only show up
     in the samples, and it is cheaper to refuse such a file once here than in every later stage.
     Video is not decoded: a file whose header opens but whose video is cut short still decodes
-    the frames it has.
+    the frames it has. A file to be cut into windows (``windowed``) is held to the file limit and
+    its audio is left to the window scan (``audio_levels``), which judges each window on its own.
     """
     info = probe(uri, storage_options)
-    check_limits(info, limits, uri)
+    check_limits(info, limits, uri, windowed)
     if requires_video and not info.has_video:
         raise MediaError("no_video_stream", f"{uri}: no video stream (this dataset needs video)")
     if requires_audio and not info.has_audio:
         raise MediaError("no_audio_stream", f"{uri}: no audio stream (this dataset needs audio)")
-    if requires_audio:
+    if requires_audio and not windowed:
         load_audio(uri, storage_options=storage_options)
     return info
 
@@ -193,33 +250,56 @@ def _scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
+def _decoded(
+    container: av.container.InputContainer, stream: Any, counter: DecodeCounter | None
+) -> Iterator[Any]:
+    """Frames of one stream, in order, counting packets and frames into ``counter``."""
+    for packet in container.demux(stream):
+        if counter is not None:
+            counter.packets += 1
+        for frame in packet.decode():
+            if counter is not None:
+                counter.frames += 1
+            yield frame
+
+
+def _seek(container: av.container.InputContainer, stream: Any, start_s: float) -> None:
+    """Jump to the last keyframe at or before ``start_s`` (nothing to do at the file's start)."""
+    if start_s > 0:
+        container.seek(int(start_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+
+
 def load_frames(
     uri: str,
     fps: float,
     max_frames: int,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
+    counter: DecodeCounter | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Silent frames of the first video stream.
+    """Silent frames of the first video stream, of the whole file or of the window ``uri`` names.
 
     Returns:
         frames: (T, H, W, 3) uint8 RGB, T <= max_frames, H * W <= max_pixels, aspect kept.
-        times_s: (T,) float64, presentation time in seconds of each returned frame.
+        times_s: (T,) float64, presentation time in seconds of each returned frame, from the
+            window's start (a frame on screen since before the window started counts as 0).
 
     For each sampling instant (``sample_times``) the frame on screen at that instant is kept:
     the last frame whose timestamp is at or before it.
     """
+    _, win_start, win_end = split_window(uri)
     with _open(uri, storage_options) as container:
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{uri}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        duration = _duration(container)
+        origin = win_start or 0.0
+        duration = (win_end - origin) if win_end is not None else _duration(container)
         width, height = _scaled_size(
             stream.codec_context.width, stream.codec_context.height, max_pixels
         )
         # Without a known duration, keep every frame's time first and sample afterwards.
-        targets = sample_times(duration, fps, max_frames) if duration > 0 else None
+        targets = origin + sample_times(duration, fps, max_frames) if duration > 0 else None
 
         scaler = VideoReformatter()
         picked: list[np.ndarray] = []
@@ -227,7 +307,8 @@ def load_frames(
         pending: tuple[float, av.VideoFrame] | None = None
         every: list[tuple[float, np.ndarray]] = []
         try:
-            for frame in container.decode(stream):
+            _seek(container, stream, origin)
+            for frame in _decoded(container, stream, counter):
                 t = float(frame.time) if frame.time is not None else 0.0
                 if targets is None:
                     every.append((t, _rgb(scaler, frame, width, height)))
@@ -258,7 +339,7 @@ def load_frames(
             times.append(pending[0])
         if not picked:
             raise MediaError("truncated", f"{uri}: no decodable video frame")
-        return np.stack(picked), np.asarray(times, dtype=np.float64)
+        return np.stack(picked), np.maximum(np.asarray(times, dtype=np.float64) - origin, 0.0)
 
 
 def _rgb(scaler: VideoReformatter, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -270,26 +351,40 @@ def _rgb(scaler: VideoReformatter, frame: av.VideoFrame, width: int, height: int
 
 
 def load_audio(
-    uri: str, sample_rate: int = 16000, storage_options: dict[str, Any] | None = None
+    uri: str,
+    sample_rate: int = 16000,
+    storage_options: dict[str, Any] | None = None,
+    counter: DecodeCounter | None = None,
 ) -> np.ndarray:
-    """The first audio stream as float32 mono at ``sample_rate`` Hz, shape (n_samples,).
+    """The first audio stream (or the window ``uri`` names) as float32 mono at ``sample_rate`` Hz,
+    shape (n_samples,).
 
     Multi-channel audio is downmixed by the resampler. Raises MediaError for a file without
-    audio, with no samples, with NaN/inf samples, or cut well short of its declared length.
+    audio, with no samples, with NaN/inf samples, or cut well short of its declared length (of
+    the window's length, for a window).
     """
+    _, win_start, win_end = split_window(uri)
     with _open(uri, storage_options) as container:
         if not container.streams.audio:
             raise MediaError("no_audio_stream", f"{uri}: no audio stream")
         stream = container.streams.audio[0]
-        declared = (
-            float(stream.duration * stream.time_base)
-            if stream.duration is not None and stream.time_base is not None
-            else 0.0
-        )
+        if win_end is not None:
+            declared = win_end - (win_start or 0.0)
+        elif stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        else:
+            declared = 0.0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
+        first_time: float | None = None
         try:
-            for frame in container.decode(stream):
+            if win_start is not None:
+                _seek(container, stream, win_start)
+            for frame in _decoded(container, stream, counter):
+                if win_end is not None and frame.time is not None and frame.time >= win_end:
+                    break
+                if first_time is None:
+                    first_time = float(frame.time) if frame.time is not None else 0.0
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
@@ -300,6 +395,10 @@ def load_audio(
             log.warning("%s: audio decoding stopped early: %s", uri, exc)
 
     audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if win_start is not None and win_end is not None:
+        # Decoding starts at a packet boundary at or before the window: cut to the window exactly.
+        skip = max(0, round((win_start - (first_time or 0.0)) * sample_rate))
+        audio = audio[skip : skip + round((win_end - win_start) * sample_rate)]
     if audio.size == 0:
         raise MediaError("zero_length_audio", f"{uri}: audio stream has no samples")
     if not np.isfinite(audio).all():
@@ -310,3 +409,83 @@ def load_audio(
             "truncated", f"{uri}: decoded {audio.size / sample_rate:.2f} s of {declared:.2f} s"
         )
     return audio
+
+
+LEVEL_RATE = 16000  # Hz of the samples ``audio_levels`` counts
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioLevels:
+    """A file's audio track summarised in fixed blocks, read in one streaming pass.
+
+    Attributes:
+        block_s: seconds per block.
+        level_db: (B,) RMS level of each block in dBFS (-inf for digital silence).
+        samples: (B,) samples (at LEVEL_RATE) decoded into each block (short at the end, or where decoding stopped).
+        non_finite: (B,) NaN/inf samples in each block.
+    """
+
+    block_s: float
+    level_db: np.ndarray
+    samples: np.ndarray
+    non_finite: np.ndarray
+
+    def span(self, start_s: float, end_s: float) -> slice:
+        """The blocks of ``[start_s, end_s)``."""
+        return slice(round(start_s / self.block_s), round(end_s / self.block_s))
+
+
+def audio_levels(
+    uri: str,
+    block_s: float = 0.1,
+    until_s: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    counter: DecodeCounter | None = None,
+) -> AudioLevels:
+    """Block levels of the first audio stream up to ``until_s`` (default: its end), at 16 kHz mono.
+
+    Memory stays at one block per ``block_s`` however long the file: an hours-long track is
+    summarised as it decodes, never held. Raises MediaError without an audio stream, or when it
+    decodes to no samples at all.
+    """
+    per_block = max(1, round(block_s * LEVEL_RATE))
+    sq: list[float] = []
+    counts: list[int] = []
+    bad: list[int] = []
+    carry = np.zeros(0, np.float32)
+    limit = None if until_s is None else math.ceil(until_s / block_s) * per_block
+    taken = 0
+
+    def add(samples: np.ndarray) -> None:
+        finite = np.isfinite(samples)
+        sq.append(float(np.square(samples[finite], dtype=np.float64).sum()))
+        counts.append(samples.size)
+        bad.append(int(samples.size - finite.sum()))
+
+    with _open(uri, storage_options) as container:
+        if not container.streams.audio:
+            raise MediaError("no_audio_stream", f"{uri}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=LEVEL_RATE)
+        try:
+            for frame in _decoded(container, stream, counter):
+                for out in resampler.resample(frame):
+                    carry = np.concatenate([carry, out.to_ndarray().reshape(-1)])
+                    while carry.size >= per_block:
+                        add(carry[:per_block])
+                        carry = carry[per_block:]
+                taken = len(counts) * per_block
+                if limit is not None and taken >= limit:
+                    break
+        except av.error.FFmpegError as exc:
+            if not counts and carry.size == 0:
+                raise MediaError("truncated", f"{uri}: {exc}") from None
+            log.warning("%s: audio decoding stopped early: %s", uri, exc)
+    if carry.size and (limit is None or taken < limit):
+        add(carry)
+    if not counts:
+        raise MediaError("zero_length_audio", f"{uri}: audio stream has no samples")
+    n = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        level = 10 * np.log10(np.asarray(sq) / np.maximum(n, 1))
+    return AudioLevels(block_s, level, np.asarray(counts), np.asarray(bad))

@@ -12,12 +12,15 @@ import soundfile as sf
 
 from sightsound_core.config import MediaLimits
 from sightsound_core.media.decode import (
+    DecodeCounter,
     MediaError,
+    audio_levels,
     check_limits,
     load_audio,
     load_frames,
     probe,
     sample_times,
+    window_uri,
 )
 
 FPS = 8
@@ -204,3 +207,48 @@ def test_sample_times_uniform_and_capped():
     np.testing.assert_allclose(sample_times(2.0, 2.0, 16), [0.25, 0.75, 1.25, 1.75])
     assert len(sample_times(100.0, 2.0, 16)) == 16
     assert len(sample_times(0.1, 2.0, 16)) == 1
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """Five minutes, silent but for tones at 2-4 s, 35-38 s and 291-299 s."""
+    from fakes.longvideo import write_long_av
+
+    return write_long_av(tmp_path_factory.mktemp("long") / "long.mp4", 300.0, [(2, 4), (35, 38), (291, 299)])
+
+
+def _loud_seconds(audio: np.ndarray) -> list[int]:
+    return [s for s in range(len(audio) // 16000) if np.abs(audio[s * 16000 : (s + 1) * 16000]).max() > 0.1]
+
+
+def test_a_window_decodes_only_itself_at_the_same_cost_anywhere(long_video):
+    from fakes.longvideo import grey_level
+
+    uri = str(long_video)
+    costs = {}
+    for start in (0, 30, 290):
+        counter = DecodeCounter()
+        frames, times = load_frames(window_uri(uri, start, start + 10), 2.0, 16, 224 * 224, counter=counter)
+        audio = load_audio(window_uri(uri, start, start + 10), counter=counter)
+        costs[start] = counter
+        assert len(audio) == 160_000 and np.all((times >= 0) & (times < 10))
+        np.testing.assert_allclose(frames.reshape(len(frames), -1).mean(1), grey_level(start), atol=2)
+        if start == 30:  # the tone at 35-38 s lies 5-8 s into the window
+            assert _loud_seconds(audio) == [5, 6, 7]
+    assert _loud_seconds(load_audio(window_uri(uri, 290, 300))) == list(range(1, 9))
+    whole = DecodeCounter()
+    load_audio(uri, counter=whole)
+    first, last = costs[0], costs[290]
+    # Seeking: the last window costs what the first does, a small share of the whole file's audio.
+    assert last.frames <= 1.2 * first.frames and last.packets <= 1.2 * first.packets
+    assert first.frames < whole.frames / 10
+
+
+def test_audio_levels_stream_blocks_and_stop_early(long_video):
+    levels = audio_levels(str(long_video), block_s=0.5)
+    loud = np.flatnonzero(levels.level_db > -50) * 0.5
+    assert loud.min() == 2.0 and loud.max() == 298.5 and len(levels.level_db) in (600, 601)
+    assert not levels.non_finite.any() and abs(levels.samples.sum() / 16000 - 300) < 0.2
+    counter = DecodeCounter()
+    head = audio_levels(str(long_video), block_s=0.5, until_s=20, counter=counter)
+    assert len(head.level_db) == 40 and counter.packets < 400
