@@ -34,7 +34,7 @@ from sightsound_core.report import (  # noqa: E402
 )
 
 
-def run_seed(recipe: Path, seed: int, root: str, overrides: dict) -> dict:
+def run_seed(recipe: Path, seed: int, root: str, overrides: dict, held_out: int | None = None) -> dict:
     """One miniature run; its accuracy, hallucination and claim verdicts."""
     sets = {
         "run": f"fidelity-{seed}",
@@ -47,6 +47,8 @@ def run_seed(recipe: Path, seed: int, root: str, overrides: dict) -> dict:
     }
     benchmarks = [b.model_dump(mode="json") for b in load_config(recipe, sets, environ={}).evaluate.benchmarks]
     benchmarks[0]["ingest"]["synthetic"]["seed"] = 100 + seed
+    if held_out is not None:
+        benchmarks[0]["ingest"]["synthetic"]["n_clips"] = held_out
     cfg = load_config(recipe, {**sets, "evaluate.benchmarks": benchmarks}, environ={})
     began = time.perf_counter()
     refs = run_pipeline(cfg)
@@ -97,13 +99,14 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="extra recipe override key=value (YAML value), e.g. to shrink a smoke run")
+    parser.add_argument("--held-out", type=int, default=None, help="held-out clips (default: the recipe's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sets)}
     with tempfile.TemporaryDirectory(prefix="sightsound-fidelity-") as tmp:
-        runs = [run_seed(args.recipe, s, f"file://{tmp}/store", overrides) for s in args.seeds]
+        runs = [run_seed(args.recipe, s, f"file://{tmp}/store", overrides, args.held_out) for s in args.seeds]
     result = {"benchmark": "fidelity", "recipe": str(args.recipe), "runs": runs, **summarize(runs)}
     text = json.dumps(result, indent=2)
     print(text)

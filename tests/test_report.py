@@ -28,7 +28,7 @@ from sightsound_core.training.stages import read_log  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SECTIONS = [
-    "Results", "Benchmarks", "Accuracy per benchmark and category", "Distillation funnel",
+    "The paper in miniature", "Results", "Benchmarks", "Accuracy per benchmark and category", "Distillation funnel",
     "Teacher agreement by question family", "Verifier on planted hallucinations", "Training curves",
 ]
 
@@ -79,18 +79,44 @@ def test_every_section_is_there(demo):
 
 def test_results_table_is_the_runs_accuracy(demo):
     summary = demo["refs"]["evaluate"].manifest["summary"]
-    assert summary["models"] == ["pretrained", "label_only", "cot", "grpo"]
+    assert summary["models"] == ["pretrained", "label_only", "cot_noagfv", "cot", "grpo"]
     rows = {r[0]: r[1:] for r in _table(demo["md"], "Results")}
-    assert list(rows) == ["pretrained", "SFT, label only", "CoT SFT", "CoT SFT + GRPO"]
+    assert list(rows) == ["pretrained", "SFT, label only", "CoT SFT, no AGFV", "CoT SFT", "CoT SFT + GRPO"]
+    grpo = summary["accuracy"]["grpo"]
+    families = report_module.tier_families(grpo["synthetic-test"])
+    assert families and set(families) <= {"visible", "partial", "invisible"}
     assert _table(demo["md"], "Results", header=True) == [
         "model", "mmau-mini sound", "mmau-mini music", "mmau-mini speech", "mmau-mini avg",
-        "synthetic-test visual", "synthetic-test acoustic"]
-    grpo = summary["accuracy"]["grpo"]
+        *[f"synthetic-test {f}" for f in families], "synthetic-test all"]
     assert rows["CoT SFT + GRPO"][0] == pct(grpo["mmau-mini"]["by_category"]["sound"])
     assert rows["CoT SFT + GRPO"][3] == pct(grpo["mmau-mini"]["official"]["total"])
-    assert rows["CoT SFT + GRPO"][5] == pct(grpo["synthetic-test"]["by_family"]["acoustic"])
+    assert rows["CoT SFT + GRPO"][4] == pct(grpo["synthetic-test"]["by_family"][families[0]])
+    assert rows["CoT SFT + GRPO"][-1] == pct(grpo["synthetic-test"]["all"])
     bench = {r[0]: r for r in _table(demo["md"], "Benchmarks")}
     assert bench["mmau-mini"][1:5] == ["mmau", "mmau", "6", "fixture-v1"]
+
+
+def test_the_paper_in_miniature_leads_with_the_runs_own_numbers(demo):
+    summary = demo["refs"]["evaluate"].manifest["summary"]
+    accuracy = summary["accuracy"]
+    families = report_module.tier_families(accuracy["cot"]["synthetic-test"])
+    header = _table(demo["md"], "The paper in miniature", header=True)
+    assert header == ["model", *families, "all", "hallucination rate", "paper"]
+    rows = {r[0]: r[1:] for r in _table(demo["md"], "The paper in miniature")}
+    assert list(rows)[:5] == ["pretrained", "SFT, label only", "CoT SFT, no AGFV", "CoT SFT", "CoT SFT + GRPO"]
+    for tag, name in [("cot", "CoT SFT"), ("grpo", "CoT SFT + GRPO"), ("label_only", "SFT, label only")]:
+        entry = accuracy[tag]["synthetic-test"]
+        assert rows[name][: len(families) + 1] == [*[pct(entry["by_family"][f]) for f in families], pct(entry["all"])]
+        assert rows[name][len(families) + 1] == report_module.hall(entry)
+    assert rows["CoT SFT + GRPO"][-1].startswith("56.2")
+    chance = summary["benchmarks"]["synthetic-test"]["chance"]
+    assert rows["chance (uniform over options)"][len(families)] == f"{100 * chance['all']:.1f}"
+    part = demo["md"].split("## The paper in miniature\n", 1)[1].split("\n## ", 1)[0]
+    for claim in ("CoT SFT beats label-only SFT", "AGFV (verified traces) beats CoT SFT without AGFV",
+                  "GRPO beats SFT alone", "The teacher keeps invisible-property questions less often"):
+        line = next(x for x in part.splitlines() if x.startswith(f"- {claim}: "))
+        assert re.search(r": (reproduced|not reproduced|same direction, not significant|not measured) \(", line), line
+    assert "kept and verified teacher trace" in part
 
 
 def test_funnel_verifier_and_training_come_from_the_run(demo):
@@ -146,7 +172,7 @@ def test_html_renders_in_headless_chromium(demo, tmp_path):
     assert found, f"the page did not finish loading in Chromium: {dom[:500]!r}"
     rendered = json.loads(html.unescape(found.group(1)))
     tables = dict(rendered["tables"])
-    for key in ("results", "benchmarks", "accuracy", "funnel", "agreement", "verifier", "training"):
+    for key in ("miniature", "results", "benchmarks", "accuracy", "funnel", "agreement", "verifier", "training"):
         assert tables[key] > 1, key
     images = {i[0]: i[1:] for i in rendered["images"]}
     assert set(images) == {"plot-accuracy", "plot-funnel", "plot-agreement", "plot-training"}
@@ -160,7 +186,9 @@ def test_artifacts_for_the_flow(demo):
     assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in keys)
     assert {"demo-results", "demo-accuracy", "demo-funnel", "demo-training"} <= keys
     results = art["tables"]["demo-results"]
-    assert [r["model"] for r in results] == ["pretrained", "SFT, label only", "CoT SFT", "CoT SFT + GRPO"]
+    assert [r["model"] for r in results] == ["pretrained", "SFT, label only", "CoT SFT, no AGFV", "CoT SFT",
+                                             "CoT SFT + GRPO"]
+    assert "demo-miniature" in keys
 
 
 def test_benchmarks_table_shows_how_each_benchmark_was_scored():

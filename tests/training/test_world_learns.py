@@ -36,7 +36,7 @@ def test_short_sft_lifts_held_out_accuracy_well_above_chance(tmp_path):
 
     model = StudentModel(metrics["merged"], device="cpu")
     outputs = model.generate([(s.audio, s.clip.question, list(s.clip.options)) for s in test], max_new_tokens=16)
-    correct = [score_option(out[0], s.clip.options, s.clip.label).correct for out, s in zip(outputs, test)]
+    correct = [score_option(out[0], s.clip.options, s.clip.label, "answer_block").correct for out, s in zip(outputs, test)]
     chance = sum(1 / len(s.clip.options) for s in test) / len(test)
     accuracy = sum(correct) / len(correct)
     assert accuracy >= chance + 0.3, (accuracy, chance)
