@@ -45,8 +45,19 @@ records (whatever their question type). The draw and the order are seeded by the
 alone: the same file gives the same options in any process, shard or run. A kind with fewer
 answers than ``n_options`` gives fewer options (yes/no questions get two, place questions two,
 position questions three) rather than a distractor of another kind; an answer that is the only one
-of its kind in the split (``simultaneously`` always is) has no distractor and is refused
-(``too_few_options``, naming the kind).
+of its kind in the split has no distractor and is refused (``too_few_options``, naming the kind).
+
+The one pairing of kinds is ``timing``. ``simultaneously``, the only timing answer, answers the
+Audio-Visual/Temporal template "Which <Object> makes the sound <FL>?", and the official scorer
+scores those items, so they are not refused. Which kind that template's other answers have
+(positions, when several of one instrument play; instruments) is read from the split, not assumed:
+a template with a timing answer in the split is *paired* with the kind most of its other answers
+have there (ties by kind name), or with ``instrument``, the kind of the other Temporal templates'
+answers, when the split holds no other answer to it. A timing label draws its distractors from
+the paired kind, and a label of the paired kind under that template may draw ``simultaneously``
+too, so that neither is the odd one out of its options. No option list mixes kinds except timing
+with its template's paired kind.
+
 Family: Audio -> acoustic, Visual -> visual, Audio-Visual -> unknown.
 """
 
@@ -76,6 +87,8 @@ ANSWER_KINDS: dict[str, tuple[str, ...]] = {
     "timing": ("simultaneously",),
 }
 KIND_OF = {answer: kind for kind, answers in ANSWER_KINDS.items() for answer in answers}
+# Context keys naming a template's paired kind (see the module docstring), beside the kind pools.
+PAIRED = "paired:"
 RELEASE_FILES = {"json_update": "json_update/avqa-{split}.json", "original": "avqa-{split}.json"}
 
 
@@ -119,17 +132,46 @@ def answer_kind(answer: str) -> str:
 
 
 def answer_pools(records: list[Any]) -> dict[str, list[str]]:
-    """Distinct answers of each answer kind ("number") among non-deleted records, sorted."""
+    """Distinct answers of each answer kind ("number") among non-deleted records, sorted, and for
+    each template with a timing answer its paired kind (``"paired:<template>": [kind]``).
+
+    >>> r = lambda q, a: {"question_content": q, "anser": a}
+    >>> answer_pools([r("Which <Object> first?", "simultaneously"), r("Which <Object> first?", "left"),
+    ...               r("How many?", "two")])["paired:Which <Object> first?"]
+    ['position']
+    """
     pools: dict[str, set[str]] = {}
+    kinds_of: dict[str, list[str]] = {}
     for record in records:
         try:
             if not isinstance(record, dict) or record.get("question_deleted"):
                 continue
             answer = field(record, "anser", str)
             pools.setdefault(answer_kind(answer), set()).add(answer)
+            kinds_of.setdefault(field(record, "question_content", str), []).append(answer_kind(answer))
         except Refused:
             continue
-    return {kind: sorted(answers) for kind, answers in sorted(pools.items())}
+    out = {kind: sorted(answers) for kind, answers in sorted(pools.items())}
+    for template, kinds in sorted(kinds_of.items()):
+        if "timing" in kinds:
+            others = sorted(k for k in kinds if k != "timing")
+            out[PAIRED + template] = [max(others, key=others.count) if others else "instrument"]
+    return out
+
+
+def option_pool(pools: dict[str, list[str]], template: str, kind: str) -> list[str]:
+    """The answers a label of ``kind`` asked by ``template`` draws its distractors from.
+
+    >>> pools = {"timing": ["simultaneously"], "position": ["left", "right"], "paired:T": ["position"]}
+    >>> option_pool(pools, "T", "timing"), option_pool(pools, "T", "position")
+    (['left', 'right', 'simultaneously'], ['left', 'right', 'simultaneously'])
+    >>> option_pool(pools, "U", "position")
+    ['left', 'right']
+    """
+    paired = pools.get(PAIRED + template)
+    if paired and kind in ("timing", paired[0]):
+        return sorted({*pools.get(paired[0], []), *pools.get("timing", [])})
+    return pools.get(kind, [])
 
 
 def build_options(answer: str, pool: list[str], question_id: int | str, n_options: int) -> list[str]:
@@ -164,7 +206,8 @@ def to_clip(
     answer = field(record, "anser", str)
     category = "/".join(kind)
     answers_kind = answer_kind(answer)
-    options = build_options(answer, pools.get(answers_kind, []), qid, cfg.n_options)
+    template = field(record, "question_content", str)
+    options = build_options(answer, option_pool(pools, template, answers_kind), qid, cfg.n_options)
     if len(options) < 2:
         raise Refused(
             "too_few_options",
@@ -200,13 +243,18 @@ def answer_of(record: dict[str, Any]) -> str:
 
 
 def _pools_for(pools: dict[str, list[str]], records: list[Any]) -> dict[str, list[str]]:
-    kinds = set()
+    """The part of the pools the options of ``records`` are drawn from."""
+    keys = set()
     for record in records:
         try:
-            kinds.add(answer_kind(answer_of(record)))
+            kind, template = answer_kind(answer_of(record)), field(record, "question_content", str)
         except (Refused, TypeError, AttributeError):
             continue
-    return {k: pools[k] for k in sorted(kinds) if k in pools}
+        keys.add(kind)
+        paired = pools.get(PAIRED + template)
+        if paired and kind in ("timing", paired[0]):
+            keys |= {PAIRED + template, paired[0], "timing"}
+    return {k: pools[k] for k in sorted(keys) if k in pools}
 
 
 ADAPTER = Adapter(

@@ -111,15 +111,48 @@ def test_music_avqa_options_never_single_out_the_label_by_its_kind(tmp_path, fil
     assert len(clips) >= 15
     for clip in clips.values():
         kinds = [music_avqa.answer_kind(o) for o in clip.options]
-        assert len(clip.options) >= 2 and set(kinds) == {music_avqa.answer_kind(clip.label)}, clip
-        assert clip.meta_dict()["answer_kind"] == kinds[0]
+        assert len(clip.options) >= 2 and set(kinds) <= _allowed_kinds(clip), clip
+        assert clip.meta_dict()["answer_kind"] == music_avqa.answer_kind(clip.label)
     assert sorted(clips["music_avqa:76"].options) == ["indoor", "outdoor"]
     assert sorted(clips["music_avqa:73"].options) == ["left", "middle", "right"]
     assert set(clips["music_avqa:74"].options) == {"erhu", "guzheng", "piano"}
-    # "simultaneously" is the only answer of its kind: no distractor without mixing kinds.
-    refused = {q.input: q for q in quarantined}
-    assert refused["music_avqa:79"].reason == "too_few_options"
-    assert "only timing answer" in refused["music_avqa:79"].detail
+
+
+def _allowed_kinds(clip):
+    """The label's kind, or timing with its template's paired kind (the module docstring)."""
+    kind = music_avqa.answer_kind(clip.label)
+    if clip.meta_dict()["question_content"] == TEMPORAL and kind in ("timing", "instrument", "position"):
+        return {"timing", "instrument", "position"}
+    return {kind}
+
+
+TEMPORAL = "Which <Object> makes the sound <FL>?"
+
+
+def test_music_avqa_scores_every_temporal_item(tmp_path, file_store):
+    """"simultaneously" is the only timing answer: its items are kept, with distractors of the kind
+    the same template's other answers have in the split (instruments when it has none)."""
+    records = make_dataset(tmp_path / "m", "music_avqa")
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa")
+    temporal = {f"music_avqa:{r['question_id']}" for r in records if "Temporal" in r["type"]}
+    assert temporal and temporal <= set(clips)
+    assert not [q for q in quarantined if q.input in temporal]
+    kinds = sorted({music_avqa.answer_kind(o) for o in clips["music_avqa:79"].options})
+    assert kinds == ["instrument", "timing"] and len(clips["music_avqa:79"].options) == 4
+
+    # When the template is also answered by sides, "simultaneously" is one of the sides' options.
+    extra = [{**records[-1], "question_id": 90 + i, "type": '["Audio-Visual", "Temporal"]',
+              "question_content": TEMPORAL, "templ_values": '["violin", "first"]', "anser": side}
+             for i, side in enumerate(("left", "right", "left", "middle"))]
+    (tmp_path / "m" / "json_update" / "avqa-test.json").write_text(json.dumps(records + extra))
+    _, clips, quarantined = ingest(file_store, tmp_path / "m", "music_avqa")
+    assert not [q for q in quarantined if q.input in temporal]
+    assert sorted(clips["music_avqa:79"].options) == ["left", "middle", "right", "simultaneously"]
+    for i in range(4):
+        assert set(clips[f"music_avqa:{90 + i}"].options) <= {"left", "middle", "right", "simultaneously"}
+    assert any("simultaneously" in clips[f"music_avqa:{90 + i}"].options for i in range(4))
+    for clip in clips.values():
+        assert set(music_avqa.answer_kind(o) for o in clip.options) <= _allowed_kinds(clip), clip
 
 
 def test_music_avqa_question_ids_given_twice(tmp_path, file_store):
