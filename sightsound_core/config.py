@@ -392,6 +392,12 @@ class CorpusConfig(StageConfig):
         description="SFT sets to build.",
     )
     traces_per_clip: int = Field(1, ge=1, description="Verified traces kept per clip for SFT.")
+    drop_silent_solvable: bool = Field(
+        False,
+        description="Drop from every training set the clips the pretrained student answers right "
+        "with their audio replaced by silence (it runs on them at corpus time, greedy, with "
+        "evaluate's backend and max_new_tokens); the funnel counts them.",
+    )
 
 
 class LoraConfig(StageConfig):
@@ -528,6 +534,11 @@ class EvaluateConfig(StageConfig):
         "hf", description="Inference engine: hf (transformers, CPU or GPU) or vllm (GPU host)."
     )
     max_new_tokens: int = Field(128, ge=4)
+    silent_probe: bool = Field(
+        True,
+        description="Each model also answers every item with its audio replaced by silence of the "
+        "same length (the silent-audio probe): accuracy with silence beside accuracy with audio.",
+    )
     batch_size: int = runtime(64, ge=1, description="Items per generate call.")
 
     @field_validator("benchmarks")

@@ -46,6 +46,16 @@ def load_generator(backend: str, path: str, device: str = "auto") -> Generator:
     raise ValueError(f"unknown evaluation backend {backend!r}")
 
 
+def silenced(load_audio: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
+    """A loader giving each clip silence in place of its audio: zeros, as many samples as the
+    clip's waveform (the silent-audio probe).
+
+    >>> silenced(lambda uri: np.ones(3, np.float32))("a.wav")
+    array([0., 0., 0.], dtype=float32)
+    """
+    return lambda uri: np.zeros_like(load_audio(uri))
+
+
 def generate_answers(
     model: Generator,
     clips: list[Clip],

@@ -13,6 +13,16 @@ counts: ``file_items``, the items its ingest read (every record of the annotatio
 ``ingest.limit``: clips plus quarantine rows), and ``items``, those scored. They differ by what
 ingest quarantined and by unlabelled items; for MMAU they must be equal, as the official scorer
 scores every item of the file.
+
+The silent-audio probe (``evaluate.silent_probe``, beyond the paper: audio LMs answer many
+benchmark items right with no audio at all, AudioMCQ, arXiv 2509.21060): in the same job, the model
+answers every scored item again with its waveform replaced by zeros of the same length, in the
+same batches. Those Prediction rows go to their own file next to the shard,
+``silence-{model}-{benchmark}.parquet``, written before the shard commits; the shard, the MMAU
+prediction file, the accuracy summary, the hallucination rate and the example hold the answers
+with audio only. The summary's ``silence`` holds, per model and benchmark, accuracy with audio,
+with silence and their difference, overall, per family and per category, with the items right
+only with audio and only with silence.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from sightsound_core.config import BenchmarkConfig, PipelineConfig
-from sightsound_core.evaluation.inference import generate_answers, load_generator
+from sightsound_core.evaluation.inference import generate_answers, load_generator, silenced
 from sightsound_core.evaluation.mmau import official_breakdown, prediction_json, prediction_record
 from sightsound_core.evaluation.scoring import accuracy, score
 from sightsound_core.schemas import Clip, Prediction, Quarantine
@@ -93,6 +103,12 @@ def mmau_file_uri(job: ShardJob) -> str:
     return join(job.output_uri.rsplit("/", 1)[0], f"mmau-{slug}.json")
 
 
+def silence_file_uri(job: ShardJob) -> str:
+    """Where a job's answers with silence go: next to its shard, outside the shard listing."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{job.source['model']}-{job.source['benchmark']}")
+    return join(job.output_uri.rsplit("/", 1)[0], f"silence-{slug}.parquet")
+
+
 def score_all(
     tag: str,
     bench: BenchmarkConfig,
@@ -139,6 +155,11 @@ def evaluate_shard(
     load_audio = audio_loader(store)
     texts = generate_answers(model, clips, load_audio, cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens)
     rows = score_all(tag, bench, clips, texts, load_audio)
+    # -- the silent-audio probe: the same items and batches, zeros for audio, in a file of its own
+    if cfg.evaluate.silent_probe:
+        silent = generate_answers(model, clips, silenced(load_audio), cfg.evaluate.batch_size,
+                                  cfg.evaluate.max_new_tokens)
+        store.write_table(silence_file_uri(job), Prediction.to_table(score_all(tag, bench, clips, silent)))
     # -- the official MMAU prediction file, written before the shard commits
     if bench.scorer == "mmau":
         records = [prediction_record(c, p, bench.annotation_version, bench.answer_rule)
@@ -164,6 +185,42 @@ def summarize(predictions: list[Prediction]) -> dict[str, Any]:
                 )
         out.setdefault(tag, {})[bench] = entry
     return out
+
+
+def silent_probe(audio: list[Prediction], silence: list[Prediction]) -> dict[str, Any]:
+    """Per model and benchmark (as ``summarize``): accuracy with audio, with silence, their
+    difference (a fraction, audio minus silence), and the items right only with audio and only
+    with silence, overall (``all``), per family and per category.
+
+    >>> p = lambda clip, ok: Prediction("m", "b", clip, "", None, "a", ok, "f", "k")
+    >>> r = silent_probe([p("1", True), p("2", True)], [p("1", True), p("2", False)])["m"]["b"]["all"]
+    >>> (r["audio"]["accuracy"], r["silence"]["accuracy"], r["difference"], r["audio_only"], r["silence_only"])
+    (1.0, 0.5, 0.5, 1, 0)
+    """
+    out: dict[str, Any] = {}
+    for tag, bench in dict.fromkeys((p.model_tag, p.benchmark) for p in audio):
+        with_audio = [p for p in audio if (p.model_tag, p.benchmark) == (tag, bench)]
+        silent = {p.clip_id: p.correct for p in silence if (p.model_tag, p.benchmark) == (tag, bench)}
+        entry: dict[str, Any] = {"all": _probe_group(with_audio, silent), "by_family": {}, "by_category": {}}
+        for field in ("family", "category"):
+            for value in sorted({getattr(p, field) for p in with_audio}):
+                group = [p for p in with_audio if getattr(p, field) == value]
+                entry[f"by_{field}"][value] = _probe_group(group, silent)
+        out.setdefault(tag, {})[bench] = entry
+    return out
+
+
+def _probe_group(with_audio: list[Prediction], silent: dict[str, bool]) -> dict[str, Any]:
+    """One group of the probe, on its items answered both ways."""
+    both = [p for p in with_audio if p.clip_id in silent]
+    audio, silence = accuracy([p.correct for p in both]), accuracy([silent[p.clip_id] for p in both])
+    return {
+        "audio": audio,
+        "silence": silence,
+        "difference": audio["accuracy"] - silence["accuracy"],
+        "audio_only": sum(p.correct and not silent[p.clip_id] for p in both),
+        "silence_only": sum(silent[p.clip_id] and not p.correct for p in both),
+    }
 
 
 def hallucination_rate(predictions: list[Prediction]) -> dict[str, Any]:
@@ -250,6 +307,7 @@ def evaluation_summary(
     With the benchmarks' items, each benchmark's info also gets its chance accuracy."""
     preds = [p for j in plan.jobs for p in Prediction.from_table(store.read_table(j.output_uri))]
     acc = summarize(preds)
+    probe = plan.config_payload["silent_probe"]
     configs = {b["name"]: b for b in plan.config_payload["benchmarks"]}
     benchmarks: dict[str, Any] = {}
     for job in plan.jobs:
@@ -262,6 +320,7 @@ def evaluation_summary(
             "annotations": job.source["annotations"],
             "dataset": bench["ingest"]["dataset"],
             "prediction_files": {},
+            "silence_files": {},
         })
         if items is not None and "chance" not in info:
             clips = Clip.from_table(read_all(store, items[name]))
@@ -282,5 +341,11 @@ def evaluation_summary(
             uri = mmau_file_uri(job)
             info["prediction_files"][tag] = uri
             entry["official"] = official_breakdown(json.loads(store.read_bytes(uri)))
+        if probe:
+            info["silence_files"][tag] = silence_file_uri(job)
     models = list(dict.fromkeys(j.source["model"] for j in plan.jobs))
-    return {"accuracy": acc, "benchmarks": benchmarks, "models": models}
+    summary = {"accuracy": acc, "benchmarks": benchmarks, "models": models}
+    if probe:
+        silent = [p for j in plan.jobs for p in Prediction.from_table(store.read_table(silence_file_uri(j)))]
+        summary["silence"] = silent_probe(preds, silent)
+    return summary

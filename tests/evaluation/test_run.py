@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from mmau_data import RELEASES, Scripted, records, write_mmau_root
 from test_mmau_file import OUTPUTS
@@ -10,7 +11,7 @@ import sightsound_core.evaluation.run as run_module
 from sightsound_core.config import BenchmarkConfig, EvaluateConfig, IngestConfig, PipelineConfig
 from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.evaluation.mmau import official_breakdown
-from sightsound_core.evaluation.run import run_evaluate
+from sightsound_core.evaluation.run import run_evaluate, silence_file_uri
 from sightsound_core.pipeline import benchmark_stage, open_store
 from sightsound_core.schemas import Clip, Prediction
 from sightsound_core.stage import read_all
@@ -19,6 +20,26 @@ from sightsound_core.stage import read_all
 def _answer(question, options):
     # MMAU items get their hand-made output; everything else answers the first option's letter.
     return OUTPUTS[question][0] if question in OUTPUTS else "<think>x</think><answer>A</answer>"
+
+
+SILENT = "<answer>B</answer>"
+
+
+class HearsSilence:
+    """``Scripted(_answer)`` that answers ``SILENT`` to a waveform of zeros, keeping every waveform
+    it was given."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.waves: list[np.ndarray] = []
+
+    def load(self) -> None:
+        pass
+
+    def generate(self, items, max_new_tokens, temperature=0.0, num_return_sequences=1, seed=0):
+        self.batches.append(len(items))
+        self.waves += [np.asarray(w) for w, _, _ in items]
+        return [[SILENT if not np.any(w) else _answer(q, list(o))] for w, q, o in items]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +65,7 @@ def evaluated(tmp_path_factory):
     }
     # The run produced no label_only model: it is skipped, not an error.
     models = {"pretrained": ("/p", "fp-p"), "cot": ("/c", "fp-c"), "grpo": ("/g", "fp-g")}
-    fake = Scripted(_answer)
+    fake = HearsSilence()
     patch = pytest.MonkeyPatch()
     patch.setattr(run_module, "load_generator", lambda backend, path, device: fake)
     ref = run_evaluate(cfg, store, models, benchmarks)
@@ -59,8 +80,54 @@ def test_one_job_per_model_and_benchmark(evaluated):
     assert sources == [(m, b) for m in ("pretrained", "cot", "grpo") for b in ("mmau-mini", "synthetic")]
     assert ref.manifest["rows"] == 3 * (6 + 10)
     assert ref.manifest["summary"]["models"] == ["pretrained", "cot", "grpo"]
-    # Batched: no generate call holds more than batch_size items.
-    assert max(fake.batches) == 4 and sum(fake.batches) == 3 * 16
+    # Batched: no generate call holds more than batch_size items, with audio or with silence.
+    assert max(fake.batches) == 4 and sum(fake.batches) == 2 * 3 * 16
+
+
+def test_the_silent_probe_feeds_zeros_as_long_as_each_clip(evaluated):
+    cfg, store, ref, clips, fake = evaluated
+    heard = [w for w in fake.waves if np.any(w)]
+    silent = [w for w in fake.waves if not np.any(w)]
+    assert len(heard) == len(silent) == 3 * 16
+    assert all(w.dtype == np.float32 for w in silent)
+    # Each model's silent pass follows its pass with audio, item for item in the same order.
+    assert [len(w) for w in silent] == [len(w) for w in heard]
+    assert len({len(w) for w in silent}) > 1  # MMAU's 1 s tones, the world's longer clips
+
+
+def test_silent_answers_never_leak_into_the_with_audio_results(evaluated):
+    cfg, store, ref, clips, fake = evaluated
+    summary = ref.manifest["summary"]
+    for entry, job in zip(ref.manifest["shards"], run_module.plan_evaluate(
+            cfg, store, {"pretrained": ("/p", "fp-p"), "cot": ("/c", "fp-c"), "grpo": ("/g", "fp-g")},
+            _benchmarks(cfg, store)).jobs):
+        tag, name = entry["source"]["model"], entry["source"]["benchmark"]
+        preds = Prediction.from_table(store.read_table(entry["uri"]))
+        silent = Prediction.from_table(store.read_table(silence_file_uri(job)))
+        assert summary["benchmarks"][name]["silence_files"][tag] == silence_file_uri(job)
+        assert preds and all(p.raw != SILENT for p in preds)
+        assert [p.clip_id for p in silent] == [p.clip_id for p in preds]
+        assert all(p.raw == SILENT for p in silent)
+        assert summary["accuracy"][tag][name]["all"]["correct"] == sum(p.correct for p in preds)
+        probe = summary["silence"][tag][name]
+        assert probe["all"]["audio"] == summary["accuracy"][tag][name]["all"]
+        assert probe["all"]["silence"]["correct"] == sum(p.correct for p in silent)
+        assert probe["all"]["difference"] == pytest.approx(
+            probe["all"]["audio"]["accuracy"] - probe["all"]["silence"]["accuracy"])
+        for field in ("family", "category"):
+            assert set(probe[f"by_{field}"]) == set(summary["accuracy"][tag][name][f"by_{field}"])
+        if name == "mmau-mini":
+            data = json.loads(store.read_bytes(summary["benchmarks"][name]["prediction_files"][tag]))
+            assert all(d["sightsound"]["raw_output"] != SILENT for d in data)
+    # On synthetic items audio answers the first option, silence the second: never both right.
+    synthetic = summary["silence"]["cot"]["synthetic"]["all"]
+    assert synthetic["audio"]["correct"] > 0 and synthetic["silence"]["correct"] > 0
+    assert (synthetic["audio_only"], synthetic["silence_only"]) == (
+        synthetic["audio"]["correct"], synthetic["silence"]["correct"])
+
+
+def _benchmarks(cfg, store):
+    return {b.name: run_ingest(b.ingest, store, cfg.run, benchmark_stage(b.name)) for b in cfg.evaluate.benchmarks}
 
 
 def test_predictions_are_parquet_rows_scored_by_each_rule(evaluated):
@@ -141,6 +208,7 @@ def test_benchmark_config_rules():
     other = BenchmarkConfig(name="m", scorer="mmau", ingest=mmau, annotation_version="original")
     assert ok.content_hash() != other.content_hash()
     assert EvaluateConfig(batch_size=64).content_hash() == EvaluateConfig().content_hash()
+    assert EvaluateConfig(silent_probe=False).content_hash() != EvaluateConfig().content_hash()
 
 
 def test_music_avqa_annotation_version_is_the_release_ingest_read():
