@@ -120,8 +120,8 @@ def distill(cfg: PipelineConfig) -> dict[str, StageRef]:
 def train(cfg: PipelineConfig, distilled: dict[str, StageRef]) -> dict[str, StageRef]:
     """corpus -> SFT (LoRA) -> GRPO."""
     store = open_store(cfg)
-    compute, summary = corpus_work(cfg.corpus, store, distilled)
-    corpus = run_stage(cfg, plan_corpus(cfg.corpus, store, cfg.run, distilled), store, compute, summary)
+    compute, summary = corpus_work(cfg, store, distilled)
+    corpus = run_stage(cfg, plan_corpus(cfg, store, distilled), store, compute, summary)
     sft = run_stage(cfg, plan_sft(cfg, store, corpus), store,
                     lambda job: sft_shard(cfg, store, job, corpus))
     out = {"corpus": corpus, "sft": sft}

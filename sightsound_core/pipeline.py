@@ -57,10 +57,7 @@ def run_pipeline(
     verdicts = done("verify", run_verify(cfg.verify, store, cfg.run, clips, samples, votes))
     corpus = done(
         "corpus",
-        run_corpus(
-            cfg.corpus, store, cfg.run,
-            {"clips": clips, "samples": samples, "votes": votes, "verdicts": verdicts},
-        ),
+        run_corpus(cfg, store, {"clips": clips, "samples": samples, "votes": votes, "verdicts": verdicts}),
     )
     sft = done("sft", run_sft(cfg, store, corpus))
     grpo = done("grpo", run_grpo(cfg, store, corpus, sft)) if cfg.grpo.enabled else None
