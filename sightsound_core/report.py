@@ -3,8 +3,8 @@ flow publishes as Prefect artifacts.
 
 Sections, every number read from the run's own manifests and training logs:
     miniature   the paper in miniature (runs on the synthetic world): the five models' accuracy per
-                evidence tier and overall and their hallucination rate, each with its 95%
-                interval, the paper's numbers beside them, one line per claim of the paper saying
+                evidence tier and overall, with silence in place of the audio, and their
+                hallucination rate, each with its 95% interval, the paper's numbers beside them, one line per claim of the paper saying
                 whether this run reproduces it, and examples a person reads at a glance
     results     the paper's table: rows are models, columns AVQA, MMAU sound / music / speech /
                 avg, MUSIC-AVQA and the synthetic world's visual / acoustic families (those the run
@@ -13,6 +13,8 @@ Sections, every number read from the run's own manifests and training logs:
                 file, MMAU prediction files
     accuracy    every model, benchmark and group (family, category; MMAU's difficulty and
                 sub-category, computed from the official prediction file)
+    silence     the silent-audio probe: every model, benchmark and group's accuracy with audio and
+                with each clip's audio replaced by silence of the same length, and the difference
     funnel      clips -> parsed -> unanimous -> label-agreeing -> verified, overall and per family
     agreement   the teacher's agreement histogram per question family
     verifier    AGFV precision / recall on planted hallucinations, where known
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "report"
 # Bump when the report's content changes, so committed reports are rebuilt.
-REPORT_VERSION = 4
+REPORT_VERSION = 5
 ROW_SCHEMA = pa.schema(
     [
         ("model_tag", pa.string()),
@@ -247,24 +249,60 @@ def miniature_section(data: dict[str, Any]) -> Section | None:
         MODEL_NAMES.get(tag, tag),
         *[pct(accuracy[tag][bench]["by_family"].get(f)) for f in families],
         pct(accuracy[tag][bench]["all"]),
+        pct(silent_accuracy(evaluation, tag, bench)),
         hall(accuracy[tag][bench]),
         PAPER.get(tag, "–"),
     ] for tag in models]
     rows.append(["chance (uniform over options)", *[_pct_plain(chance.get(f)) for f in families],
-                 _pct_plain(chance.get("all")), "–", "–"])
-    table = Table("miniature", ["model", *families, "all", "hallucination rate", "paper"], rows)
+                 _pct_plain(chance.get("all")), "–", "–", "–"])
+    table = Table("miniature", ["model", *families, "all", "silence", "hallucination rate", "paper"], rows)
 
     text = [
         f"Benchmark `{bench}`: {accuracy[models[0]][bench]['all']['n']} held-out clips of the synthetic "
         "instrument world. Accuracy in percent [95% Wilson interval] per evidence tier (visible: the "
         "frames show the answer; partial: size suggests pitch in about 80% of sources; invisible: "
-        "loudness and tempo, no visual cue). Hallucination rate: share of the sound claims in the "
+        "loudness and tempo, no visual cue). silence: accuracy over all clips with each clip's audio "
+        "replaced by silence of the same length (the silent-audio probe, '–' when it was off). "
+        "Hallucination rate: share of the sound claims in the "
         "model's answers that the waveform analysis (the simulated verifier's) contradicts, [95% "
         "interval over claims], of N claims. 'paper': the paper's figures for the matching row "
         "(its ablation steps in order, and the final model's MMAU Sound and MUSIC-AVQA accuracy).",
     ]
     text += [f"- {line}" for line in claim_lines(data, bench, models)]
     return Section("The paper in miniature", text, [table, *example_tables(data, bench)])
+
+
+def silent_accuracy(evaluation: dict[str, Any], tag: str, bench: str) -> dict[str, Any] | None:
+    """A model's accuracy with silence on a benchmark, overall (None without the probe)."""
+    return evaluation.get("silence", {}).get(tag, {}).get(bench, {}).get("all", {}).get("silence")
+
+
+def silence_section(evaluation: dict[str, Any], models: list[str]) -> Section | None:
+    """The silent-audio probe, per model, benchmark and group (None when it was off)."""
+    probe = evaluation.get("silence")
+    if not probe:
+        return None
+    rows = []
+    for tag in models:
+        for bench, entry in probe.get(tag, {}).items():
+            groups = [("all", entry["all"])]
+            groups += [(f"family:{k}", v) for k, v in entry["by_family"].items()]
+            groups += [(f"category:{k}", v) for k, v in entry["by_category"].items()]
+            rows += [[MODEL_NAMES.get(tag, tag), bench, group, g["audio"]["n"], pct(g["audio"]),
+                      pct(g["silence"]), f"{100 * g['difference']:+.1f}", g["audio_only"], g["silence_only"]]
+                     for group, g in groups]
+    return Section(
+        "Silent-audio probe",
+        ["Beyond the paper: every model also answered every item with its audio replaced by silence "
+         "of the same length (zeros). Audio LMs answer many benchmark items right with no audio at "
+         "all (AudioMCQ, arXiv 2509.21060, found about half of MMAU test-mini), so accuracy with "
+         "silence is what the question and options give away; the difference is what listening "
+         "added. Accuracy in percent [95% Wilson interval], difference in points (with audio minus "
+         "with silence), and the items right only with audio and only with silence. Every other "
+         "number of this report is on the answers with audio."],
+        [Table("silence", ["model", "benchmark", "group", "n", "with audio", "with silence",
+                           "difference (points)", "right only with audio", "right only with silence"], rows)],
+    )
 
 
 def _pct_plain(x: float | None) -> str:
@@ -421,17 +459,25 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
         )],
     ))
 
+    silence = silence_section(evaluation, models)
+    if silence is not None:
+        sections.append(silence)
+
     funnel = data["funnel"]
     if funnel:
         by_family = [("all", funnel["all"]), *funnel["by_family"].items()]
+        dropped = ["silent_solvable"] if "silent_solvable" in funnel["all"] else []
         sections.append(Section(
             "Distillation funnel",
             ["Clips left after each filter: every teacher sample parsed, the K answers unanimous, "
              "the winner equal to the label, a trace accepted by the audio verifier (AGFV); "
-             "errors: traces whose verify request failed (`sightsound resume RUN --stage verify`)."],
-            [Table("funnel", ["family", *FUNNEL_STEPS, "errors"],
-                   [[fam, *[counts[s] for s in FUNNEL_STEPS], counts.get("errors", 0)]
-                    for fam, counts in by_family])],
+             "errors: traces whose verify request failed (`sightsound resume RUN --stage verify`)."
+             + (" silent_solvable: clips the pretrained student answers right with silence in place "
+                "of the audio, dropped from every training set (corpus.drop_silent_solvable)."
+                if dropped else "")],
+            [Table("funnel", ["family", *FUNNEL_STEPS, "errors", *dropped],
+                   [[fam, *[counts[s] for s in FUNNEL_STEPS], counts.get("errors", 0),
+                     *[counts[d] for d in dropped]] for fam, counts in by_family])],
             ["funnel"],
         ))
         agreement = funnel["agreement_by_family"]

@@ -28,7 +28,8 @@ from sightsound_core.training.stages import read_log  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SECTIONS = [
-    "The paper in miniature", "Results", "Benchmarks", "Accuracy per benchmark and category", "Distillation funnel",
+    "The paper in miniature", "Results", "Benchmarks", "Accuracy per benchmark and category", "Silent-audio probe",
+    "Distillation funnel",
     "Teacher agreement by question family", "Verifier on planted hallucinations", "Training curves",
 ]
 
@@ -101,13 +102,18 @@ def test_the_paper_in_miniature_leads_with_the_runs_own_numbers(demo):
     accuracy = summary["accuracy"]
     families = report_module.tier_families(accuracy["cot"]["synthetic-test"])
     header = _table(demo["md"], "The paper in miniature", header=True)
-    assert header == ["model", *families, "all", "hallucination rate", "paper"]
+    assert header == ["model", *families, "all", "silence", "hallucination rate", "paper"]
     rows = {r[0]: r[1:] for r in _table(demo["md"], "The paper in miniature")}
     assert list(rows)[:5] == ["pretrained", "SFT, label only", "CoT SFT, no AGFV", "CoT SFT", "CoT SFT + GRPO"]
     for tag, name in [("cot", "CoT SFT"), ("grpo", "CoT SFT + GRPO"), ("label_only", "SFT, label only")]:
         entry = accuracy[tag]["synthetic-test"]
         assert rows[name][: len(families) + 1] == [*[pct(entry["by_family"][f]) for f in families], pct(entry["all"])]
-        assert rows[name][len(families) + 1] == report_module.hall(entry)
+        assert rows[name][len(families) + 2] == report_module.hall(entry)
+    for tag, name in report_module.MODEL_NAMES.items():
+        silence = summary["silence"][tag]["synthetic-test"]["all"]["silence"]
+        assert silence["n"] == accuracy[tag]["synthetic-test"]["all"]["n"]
+        assert rows[name][len(families) + 1] == pct(silence)
+    assert rows["chance (uniform over options)"][len(families) + 1] == "–"
     assert rows["CoT SFT + GRPO"][-1].startswith("56.2")
     chance = summary["benchmarks"]["synthetic-test"]["chance"]
     assert rows["chance (uniform over options)"][len(families)] == f"{100 * chance['all']:.1f}"
@@ -117,6 +123,25 @@ def test_the_paper_in_miniature_leads_with_the_runs_own_numbers(demo):
         line = next(x for x in part.splitlines() if x.startswith(f"- {claim}: "))
         assert re.search(r": (reproduced|not reproduced|same direction, not significant|not measured) \(", line), line
     assert "kept and verified teacher trace" in part
+
+
+def test_the_silent_audio_probe_shows_every_model_on_every_benchmark(demo):
+    summary = demo["refs"]["evaluate"].manifest["summary"]
+    rows = _table(demo["md"], "Silent-audio probe")
+    assert _table(demo["md"], "Silent-audio probe", header=True)[:7] == [
+        "model", "benchmark", "group", "n", "with audio", "with silence", "difference (points)"]
+    shown = {(r[0], r[1], r[2]): r[3:] for r in rows}
+    for tag, name in report_module.MODEL_NAMES.items():
+        for bench in ("synthetic-test", "mmau-mini"):
+            probe = summary["silence"][tag][bench]
+            assert probe["all"]["audio"] == summary["accuracy"][tag][bench]["all"]
+            row = shown[(name, bench, "all")]
+            assert row[:3] == [str(probe["all"]["audio"]["n"]), pct(probe["all"]["audio"]),
+                               pct(probe["all"]["silence"])]
+            assert row[3] == f"{100 * probe['all']['difference']:+.1f}"
+            groups = {g for (m, b, g) in shown if (m, b) == (name, bench)}
+            assert groups == {"all", *[f"{k}:{v}" for k in ("family", "category")
+                                       for v in summary["accuracy"][tag][bench][f"by_{k}"]]}
 
 
 def test_funnel_verifier_and_training_come_from_the_run(demo):
@@ -172,7 +197,8 @@ def test_html_renders_in_headless_chromium(demo, tmp_path):
     assert found, f"the page did not finish loading in Chromium: {dom[:500]!r}"
     rendered = json.loads(html.unescape(found.group(1)))
     tables = dict(rendered["tables"])
-    for key in ("miniature", "results", "benchmarks", "accuracy", "funnel", "agreement", "verifier", "training"):
+    for key in ("miniature", "results", "benchmarks", "accuracy", "silence", "funnel", "agreement", "verifier",
+                "training"):
         assert tables[key] > 1, key
     images = {i[0]: i[1:] for i in rendered["images"]}
     assert set(images) == {"plot-accuracy", "plot-funnel", "plot-agreement", "plot-training"}
