@@ -229,3 +229,18 @@ def test_benchmarks_table_shows_how_each_benchmark_was_scored():
     row = dict(zip(header, _table(md, "Benchmarks")[0]))
     assert row["answer rule"] == "answer_block" and row["annotation version"] == "v05.15.25"
     assert (row["items in file"], row["items scored"]) == ("6", "5")
+
+
+def test_the_miniature_silence_column_is_accuracy_with_silence():
+    acc = lambda k, n: {"n": n, "correct": k, "accuracy": k / n, "ci_low": 0.0, "ci_high": 1.0}
+    entry = {"all": acc(8, 10), "by_family": {"visible": acc(8, 10)}, "by_category": {}}
+    probe = {"all": {"audio": acc(8, 10), "silence": acc(3, 10), "difference": 0.5, "audio_only": 5,
+                     "silence_only": 0}, "by_family": {}, "by_category": {}}
+    evaluation = {"benchmarks": {"s": {"scorer": "option"}}, "models": ["pretrained", "cot"],
+                  "accuracy": {"pretrained": {"s": entry}, "cot": {"s": entry}},
+                  "silence": {"pretrained": {"s": probe}}}
+    data = {"evaluation": evaluation, "chance": {}, "correct": {}, "training": {}, "funnel": None}
+    table = report_module.miniature_section(data).tables[0]
+    rows = {r[0]: dict(zip(table.header, r)) for r in table.rows}
+    assert rows["pretrained"]["silence"] == pct(acc(3, 10)) != rows["pretrained"]["all"]
+    assert rows["CoT SFT"]["silence"] == "–"  # no probe for this model
