@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "report"
 # Bump when the report's content changes, so committed reports are rebuilt.
-REPORT_VERSION = 5
+REPORT_VERSION = 6
 ROW_SCHEMA = pa.schema(
     [
         ("model_tag", pa.string()),
@@ -268,6 +268,9 @@ def miniature_section(data: dict[str, Any]) -> Section | None:
         "interval over claims], of N claims. 'paper': the paper's figures for the matching row "
         "(its ablation steps in order, and the final model's MMAU Sound and MUSIC-AVQA accuracy).",
     ]
+    recipe = recipe_line(data.get("recipe") or {})
+    if recipe:
+        text.append(recipe)
     text += [f"- {line}" for line in claim_lines(data, bench, models)]
     return Section("The paper in miniature", text, [table, *example_tables(data, bench)])
 
@@ -678,7 +681,38 @@ def report_data(store: ObjectStore, run: str, inputs: dict[str, StageRef]) -> di
             if stage in inputs
             for name, entries in read_log(store, inputs[stage]).items()
         },
+        "recipe": {stage: inputs[stage].manifest.get("config") for stage in ("sft", "grpo") if stage in inputs},
     }
+
+
+def recipe_line(recipe: dict[str, Any]) -> str | None:
+    """How the students were tuned, with each deviation from the paper's recipe named.
+
+    >>> recipe_line({"sft": {"sft": {"lora": None, "learning_rate": 0.001, "max_steps": 300}},
+    ...              "grpo": {"lora": None, "learning_rate": 1e-4, "max_steps": 40, "num_generations": 8, "beta": 0.04}})
+    'Recipe: SFT full fine-tuning (the paper: LoRA r=8), lr 0.001 (the paper: 5e-05), 300 steps (the paper: 2000); GRPO full-parameter, lr 0.0001 (the paper: 1e-06), 40 steps (the paper: up to 1000), G=8, KL beta 0.04.'
+    """
+    sft = (recipe.get("sft") or {}).get("sft")
+    grpo = recipe.get("grpo")
+    if not sft:
+        return None
+
+    def differs(value: Any, paper: Any, shown: str) -> str:
+        return shown if value == paper else f"{shown} (the paper: {paper})"
+
+    lora = sft.get("lora")
+    parts = [
+        "SFT " + (f"LoRA r={lora['r']}" if lora else "full fine-tuning (the paper: LoRA r=8)"),
+        differs(sft["learning_rate"], 5e-5, f"lr {sft['learning_rate']:g}"),
+        differs(sft["max_steps"], 2000, f"{sft['max_steps']} steps"),
+    ]
+    line = "Recipe: " + ", ".join(parts)
+    if grpo:
+        kind = f"LoRA r={grpo['lora']['r']} (the paper: full-parameter)" if grpo.get("lora") else "full-parameter"
+        line += (f"; GRPO {kind}, {differs(grpo['learning_rate'], 1e-6, 'lr ' + format(grpo['learning_rate'], 'g'))}, "
+                 f"{grpo['max_steps']} steps (the paper: up to 1000), "
+                 f"G={grpo['num_generations']}, KL beta {grpo['beta']:g}")
+    return line + "."
 
 
 def _correct_by_model(predictions: list[Prediction]) -> dict[str, dict[str, bool]]:
