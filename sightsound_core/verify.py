@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from sightsound_core.backends.base import VerifierBackend, VerifyRequest, VerifyResult
+from sightsound_core.claims import planted_hallucination
 from sightsound_core.config import VerifyConfig
 from sightsound_core.media.decode import MediaError, load_audio
 from sightsound_core.prompts import VERIFIER_SYSTEM, verifier_user_text
@@ -256,8 +257,6 @@ def _verdict(
     clip: Clip,
     spent: dict[tuple[str, int], tuple[int, float]],
 ) -> Verdict:
-    from sightsound_core.backends.sim import planted_hallucination
-
     attempts, latency = spent.get((sample.clip_id, sample.sample_idx), (0, 0.0))
     return Verdict(
         clip_id=sample.clip_id,

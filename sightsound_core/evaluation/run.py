@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from sightsound_core.claims import claim_support
 from sightsound_core.config import BenchmarkConfig, PipelineConfig
 from sightsound_core.evaluation.inference import generate_answers, load_generator
 from sightsound_core.evaluation.mmau import official_breakdown, prediction_json, prediction_record
@@ -110,8 +111,6 @@ def score_all(
         scored = score(bench.scorer, text, clip, bench.answer_rule)
         claims = contradicted = 0
         if load_audio is not None and clip.source == "synthetic":
-            from sightsound_core.backends.sim import claim_support
-
             claims, contradicted = claim_support(text, load_audio(clip.audio_uri or ""))
         rows.append(
             Prediction(tag, bench.name, clip.clip_id, text, scored.answer, clip.label or "",
