@@ -33,7 +33,7 @@ from sightsound_core.evaluation.scoring import accuracy, score
 from sightsound_core.schemas import Clip, Prediction, Quarantine
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, read_all, run_plan
 from sightsound_core.storage import ObjectStore, join
-from sightsound_core.training.stages import audio_loader
+from sightsound_core.training.store_io import audio_loader
 
 log = logging.getLogger(__name__)
 
