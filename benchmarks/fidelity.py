@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/fidelity.py [--seeds 0 1 2] [--out fidelity.json]
 
-Each seed runs the demo recipe (``deployments/configs/demo.yaml``) end to end with the plain
+Each seed runs the demo recipe (``sightsound_core/recipes/demo.yaml``) end to end with the plain
 stage loop (no Prefect server), in a fresh store, with the seed moved into everything random: the
 training world (``ingest.synthetic.seed``), the held-out world (``100 + seed``), the teacher's
 sampling, SFT and GRPO. The world's own parameters (tiers, partial-correlate rate) are the

@@ -42,7 +42,7 @@ KEYS = {"clip_id", "sample_idx", "example_id", "model_tag", "benchmark", "step",
 
 
 def write_recipe(path: Path, root: str) -> None:
-    data = yaml.safe_load((ROOT / "deployments/configs/demo.yaml").read_text())
+    data = yaml.safe_load((ROOT / "sightsound_core/recipes/demo.yaml").read_text())
     data["store"]["root"] = root
     data["models"]["student"] = "tiny://qwen2-audio"
     data["ingest"]["synthetic"]["n_clips"] = 32

@@ -43,7 +43,7 @@ MAX_WORKERS = 2  # verify shard tasks at once: at most CONCURRENCY * MAX_WORKERS
 
 
 def write_recipe(path: Path, root: str, clips: int, server_url: str) -> None:
-    data = yaml.safe_load((ROOT / "deployments/configs/demo.yaml").read_text())
+    data = yaml.safe_load((ROOT / "sightsound_core/recipes/demo.yaml").read_text())
     data["run"] = "kill"
     data["store"] = {"root": root, "storage_options": {}}
     data["models"]["student"] = "tiny://qwen2-audio"

@@ -62,10 +62,10 @@ FIND_HELP = (
 def _command(verb: str, run_name: str, recipe: Optional[Path], sets: list[str], *extra: str) -> str:
     """The exact command line that reaches run ``run_name`` again: ``--recipe`` when it is not
     the demo's, and the given ``--set`` overrides, quoted for a POSIX shell."""
-    from sightsound_core.config import DEFAULT_RECIPE
+    from sightsound_core.config import DEFAULT_RECIPE, recipe_path
 
     words = ["sightsound", verb, run_name, *extra]
-    if recipe is not None and Path(recipe).resolve() != DEFAULT_RECIPE.resolve():
+    if recipe is not None and recipe_path(recipe).resolve() != DEFAULT_RECIPE.resolve():
         words += ["--recipe", str(recipe)]
     for item in sets:
         words += ["--set", item]
@@ -128,7 +128,7 @@ def _next_steps(rows: list[dict], run_name: str, recipe: Optional[Path], sets: l
 @app.command()
 def run(
     recipe: Optional[Path] = typer.Argument(
-        None, help="YAML recipe (default: deployments/configs/demo.yaml, the offline demo)."
+        None, help="YAML recipe: a path, or a shipped recipe's name (default: demo.yaml, the offline demo)."
     ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs."),

@@ -4,13 +4,16 @@ Fields that change results take part in each stage's content hash; fields that o
 work runs (concurrency, device, API keys, paths of caches) are marked ``runtime`` and are left out,
 so turning a runtime knob never invalidates committed work.
 
-Recipes live in ``deployments/configs/*.yaml``. Environment variables override any field:
+Recipes ship inside the package (``sightsound_core/recipes/*.yaml``, package data), so an installed
+``sightsound`` has its default; a shipped recipe is named by its file name alone (``paper.yaml``),
+any other by its path. Environment variables override any field:
 ``SIGHTSOUND__TEACHER__K=3`` sets ``teacher.k``; the value is read as YAML (``3`` is an int).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -676,7 +679,7 @@ def load_config(
 ) -> PipelineConfig:
     """Read a YAML recipe, apply dotted-key overrides (``{"teacher.k": 3}``) then environment
     overrides, validate. Fails fast, naming each bad field."""
-    path = Path(path)
+    path = recipe_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -690,5 +693,20 @@ def load_config(
     return parse_config(apply_env_overrides(data, environ), str(path))
 
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "deployments" / "configs"
+# Package data: a directory on disk in both editable and regular installs.
+RECIPES_DIR = Path(str(importlib.resources.files("sightsound_core") / "recipes"))
 DEFAULT_RECIPE = RECIPES_DIR / "demo.yaml"
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """The recipe file ``recipe`` names: a path that exists, else a shipped recipe's file name.
+
+    >>> recipe_path("paper.yaml") == RECIPES_DIR / "paper.yaml"
+    True
+    >>> str(recipe_path("no/such.yaml"))
+    'no/such.yaml'
+    """
+    path = Path(recipe)
+    if not path.exists() and path.name == str(recipe) and (RECIPES_DIR / path.name).is_file():
+        return RECIPES_DIR / path.name
+    return path

@@ -2,7 +2,7 @@
 clip and writes the JSON verdict, greedily, a batch at a time.
 
 The chat is the verifier system prompt, then a user turn with the audio part and the fenced trace
-(``verify.verifier_prompt``). The reply goes through ``parse_verdict``; a tiny random model writes
+(``prompts.verifier_prompt``). The reply goes through ``parse_verdict``; a tiny random model writes
 garbage, which is ``unparseable``, never ``accepted``. A batch that raises (out of memory, a bad
 waveform) makes each of its items an ``error`` with the exception class, never a crashed shard.
 
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sightsound_core.backends.base import VerifyRequest, VerifyResult
+from sightsound_core.prompts import verifier_prompt
 from sightsound_core.verdicts import parse_verdict
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ SAMPLE_RATE = 16000
 def verifier_messages(req: VerifyRequest) -> list[dict[str, Any]]:
     """System prompt, then the audio part and the fenced trace. The audio part carries ``type``
     and ``audio`` keys, read by our templates and by upstream Qwen2-Audio templates alike."""
-    from sightsound_core.verify import verifier_prompt
-
     system, user = verifier_prompt(req.clip.question, req.clip.options, req.trace)
     return [
         {"role": "system", "content": system},

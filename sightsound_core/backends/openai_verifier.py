@@ -27,6 +27,7 @@ from sightsound_core.backends.openai_client import (
     system_message,
     user_message,
 )
+from sightsound_core.prompts import verifier_prompt
 from sightsound_core.verdicts import parse_verdict
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ class OpenAIVerifier:
         """Nothing to load; the key is resolved when a client opens, at each call."""
 
     def chat_request(self, req: VerifyRequest) -> ChatRequest:
-        from sightsound_core.verify import verifier_prompt
-
         system, user = verifier_prompt(req.clip.question, req.clip.options, req.trace)
         return ChatRequest(
             messages=[system_message(system), user_message(audio_part(req.audio, req.sample_rate), user)],

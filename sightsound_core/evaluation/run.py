@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from sightsound_core.claims import claim_support
 from sightsound_core.config import BenchmarkConfig, PipelineConfig
 from sightsound_core.evaluation.inference import generate_answers, load_generator, silenced
 from sightsound_core.evaluation.mmau import official_breakdown, prediction_json, prediction_record
@@ -42,7 +43,7 @@ from sightsound_core.evaluation.scoring import accuracy, score
 from sightsound_core.schemas import Clip, Prediction, Quarantine
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, read_all, run_plan
 from sightsound_core.storage import ObjectStore, join
-from sightsound_core.training.stages import audio_loader
+from sightsound_core.training.store_io import audio_loader
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ def score_all(
         scored = score(bench.scorer, text, clip, bench.answer_rule)
         claims = contradicted = 0
         if load_audio is not None and clip.source == "synthetic":
-            from sightsound_core.backends.sim import claim_support
-
             claims, contradicted = claim_support(text, load_audio(clip.audio_uri or ""))
         rows.append(
             Prediction(tag, bench.name, clip.clip_id, text, scored.answer, clip.label or "",

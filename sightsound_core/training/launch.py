@@ -32,6 +32,9 @@ import pyarrow.parquet as pq
 from sightsound_core.config import GRPOConfig, LaunchConfig, SFTConfig
 from sightsound_core.errors import OutOfMemoryError
 from sightsound_core.schemas import GRPOExample, SFTExample
+from sightsound_core.storage import ObjectStore
+from sightsound_core.training import grpo, sft
+from sightsound_core.training.store_io import audio_loader, make_uploader
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +136,12 @@ def _free_port() -> int:
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one process's part of the job described by ``spec`` (see ``launch_training``)."""
-    from sightsound_core.storage import ObjectStore
-    from sightsound_core.training.stages import audio_loader, make_uploader
-
     phase: Phase = spec["phase"]
     cfg = _CONFIGS[phase].model_validate(spec["config"])
     examples = _EXAMPLES[phase].from_table(pq.read_table(spec["examples"]))
     store = ObjectStore(spec["store"]["root"], spec["store"]["storage_options"])
     upload = make_uploader(store, spec["upload_base"]) if spec["upload_base"] else None
-    if phase == "sft":
-        from sightsound_core.training.sft import train_sft as train
-    else:
-        from sightsound_core.training.grpo import train_grpo as train
+    train = sft.train_sft if phase == "sft" else grpo.train_grpo
     return train(
         spec["model_path"], examples, cfg, spec["output_dir"], audio_loader(store), spec["device"],
         on_checkpoint=upload,

@@ -9,14 +9,12 @@ from the uploaded checkpoints.
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from sightsound_core.config import GRPOConfig, PipelineConfig, SFTConfig
@@ -25,21 +23,13 @@ from sightsound_core.errors import is_out_of_memory
 from sightsound_core.schemas import GRPOExample, SFTExample
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_sources, run_plan
 from sightsound_core.storage import ObjectStore, join
+from sightsound_core.training import grpo, sft
+from sightsound_core.training.launch import launch_training
+from sightsound_core.training.store_io import UPLOADED, audio_loader, make_uploader
 
 log = logging.getLogger(__name__)
 
 LOG_SCHEMA = pa.schema([("step", pa.int64()), ("metric", pa.string()), ("value", pa.float64())])
-
-
-def audio_loader(store: ObjectStore):
-    """A cached 16 kHz loader for training: each clip is decoded once per process."""
-    from sightsound_core.media.decode import load_audio
-
-    @functools.lru_cache(maxsize=8192)
-    def load(uri: str) -> np.ndarray:
-        return load_audio(uri, storage_options=store.storage_options)
-
-    return load
 
 
 def log_table(metrics: dict[str, Any]) -> pa.Table:
@@ -64,9 +54,6 @@ def model_name(name: str, input_fingerprint: str) -> str:
     return f"{name}-{input_fingerprint[:12]}"
 
 
-UPLOADED = "_UPLOADED"
-
-
 def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
     """Where a job trains: inside the store on a local disk, else a local scratch directory
     seeded with the checkpoints already uploaded (a killed job resumes on any machine)."""
@@ -85,18 +72,6 @@ def workdir(store: ObjectStore, job: ShardJob, name: str) -> str:
             if entry.startswith("checkpoint-") and not os.path.exists(os.path.join(path, UPLOADED)):
                 shutil.rmtree(path)
     return scratch
-
-
-def make_uploader(store: ObjectStore, base: str) -> Callable[[str], None]:
-    """Upload each local checkpoint folder under ``base``, marker last."""
-
-    def upload(local_checkpoint: str) -> None:
-        target = join(base, os.path.basename(local_checkpoint.rstrip("/")))
-        store.put_dir(local_checkpoint, target)
-        store.write_bytes(join(target, UPLOADED), b"")
-        log.info("uploaded %s", target)
-
-    return upload
 
 
 def checkpoint_base(store: ObjectStore, job: ShardJob, name: str) -> str | None:
@@ -152,14 +127,10 @@ def _train(
     base: str | None,
 ) -> dict[str, Any]:
     if cfg.launch.num_processes > 1:
-        from sightsound_core.training.launch import launch_training
-
         return launch_training(
             phase, model_path, examples, phase_cfg, out, store.root, store.storage_options,
             cfg.models.device, cfg.launch, upload_base=base,
         )  # fmt: skip
-    from sightsound_core.training import grpo, sft
-
     train = sft.train_sft if phase == "sft" else grpo.train_grpo
     upload = make_uploader(store, base) if base else None
     return train(model_path, examples, phase_cfg, out, audio_loader(store), cfg.models.device,

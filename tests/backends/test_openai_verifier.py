@@ -16,8 +16,9 @@ from sightsound_core.backends.base import VerifierBackend, VerifyRequest
 from sightsound_core.backends.openai_client import ClientSettings
 from sightsound_core.backends.openai_verifier import OpenAIVerifier
 from sightsound_core.config import VerifyConfig
+from sightsound_core.prompts import verifier_prompt
 from sightsound_core.schemas import Clip
-from sightsound_core.verify import make_verifier, verifier_prompt
+from sightsound_core.verify import make_verifier
 
 AUDIO = (0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000)).astype(np.float32)
 INJECTIONS = [

@@ -16,14 +16,8 @@ from sightsound_core.backends.base import (
     VerifierBackend,
     VerifyRequest,
 )
-from sightsound_core.backends.sim import (
-    SimTeacher,
-    SimVerifier,
-    analyse_audio,
-    extract_claims,
-    perceive,
-    planted_hallucination,
-)
+from sightsound_core.backends.sim import SimTeacher, SimVerifier, perceive
+from sightsound_core.claims import analyse_audio, extract_claims, planted_hallucination
 from sightsound_core.config import SyntheticConfig
 from sightsound_core.datasets.synthetic import generate_clips, synthesize
 from sightsound_core.media.decode import load_audio, load_frames, sample_times

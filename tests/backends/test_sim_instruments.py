@@ -11,14 +11,8 @@ import pytest
 
 from sightsound_core.answers import parse_response
 from sightsound_core.backends.base import TeacherRequest, VerifyRequest
-from sightsound_core.backends.sim import (
-    SimTeacher,
-    SimVerifier,
-    asks_about_instruments,
-    claim_support,
-    extract_claims,
-    planted_hallucination,
-)
+from sightsound_core.backends.sim import SimTeacher, SimVerifier, asks_about_instruments
+from sightsound_core.claims import claim_support, extract_claims, planted_hallucination
 from sightsound_core.config import SyntheticConfig
 from sightsound_core.datasets.synthetic import INSTRUMENTS, LOUDNESS_TEXT, synthesize
 from sightsound_core.media.decode import sample_times

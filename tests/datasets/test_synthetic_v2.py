@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sightsound_core.backends.sim import analyse_audio, coarse_pitch
+from sightsound_core.claims import analyse_audio, coarse_pitch
 from sightsound_core.config import SyntheticConfig
 from sightsound_core.datasets.synthetic import (
     COLOURS,

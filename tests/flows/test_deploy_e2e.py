@@ -4,6 +4,7 @@ Runs a real local Prefect server and worker as subprocesses, exactly as deployme
 tells a user to; the screenshot lands in test-artifacts/ for a person to look at.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +37,60 @@ def _port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _stop(proc, grace=20.0):
+    """Stop a process started with ``start_new_session``: SIGTERM to its process group, SIGKILL
+    to what is left after ``grace`` seconds, its descendants in other groups too (a flow run the
+    worker started). Returns the pids still alive after that (none, unless even SIGKILL failed)."""
+    family = [psutil.Process(proc.pid)] if proc.poll() is None else []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        family += psutil.Process(proc.pid).children(recursive=True)
+    group = [p for p in psutil.process_iter() if _pgid(p.pid) == proc.pid]
+    family = list({p.pid: p for p in family + group}.values())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    return _alive([p.pid for p in family] + [pid for pid in psutil.pids() if _pgid(pid) == proc.pid])
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _alive(pids):
+    """The pids of ``pids`` that are running (a zombie has finished)."""
+    alive = []
+    for pid in set(pids):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    return sorted(alive)
+
+
+def test_stop_kills_a_group_that_ignores_sigterm():
+    # A leader and a child that both ignore SIGTERM, and a grandchild in its own session.
+    script = "trap '' TERM; setsid sleep 300 & sleep 300 & wait"
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    deadline = time.time() + 10
+    while len(psutil.Process(proc.pid).children(recursive=True)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(family) == 3
+    began = time.time()
+    assert _stop(proc, grace=1.0) == []
+    assert _alive(family) == [] and time.time() - began < 15
 
 
 def _wait_healthy(url, proc, timeout=90):
@@ -64,8 +120,8 @@ def prefect_server(tmp_path):
         _wait_healthy(env["PREFECT_API_URL"], server)
         yield env
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        left = _stop(server)
+    assert not left, f"prefect server processes left running: {left}"
 
 
 def _prefect(env, *args, **kw):
@@ -102,8 +158,8 @@ def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
         assert "Completed" in out, out[-2000:]
         run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
+        left = _stop(worker)
+    assert not left, f"prefect worker processes left running: {left}"
     assert (tmp_path / "store" / "demo" / "_index" / "report.json").exists()
     runs = json.loads(subprocess.run(
         [sys.executable, "-c", _LIST_RUNS], env=env, text=True, capture_output=True, check=True

@@ -8,7 +8,8 @@ from toyworld import load_audio, sft_examples
 from sightsound_core.config import SFTConfig
 from sightsound_core.stage import ShardJob
 from sightsound_core.training.sft import train_sft
-from sightsound_core.training.stages import UPLOADED, checkpoint_base, make_uploader, workdir
+from sightsound_core.training.stages import checkpoint_base, workdir
+from sightsound_core.training.store_io import UPLOADED, make_uploader
 
 
 class Interrupted(Exception):
