@@ -144,6 +144,8 @@ def test_deploy_worker_run_and_ui(prefect_server, tmp_path):
     try:
         overrides = {
             "store.root": f"file://{tmp_path}/store", "ingest.synthetic.n_clips": 8,
+            # The random-init student: the world-pretrained one costs minutes to build once.
+            "models.student": "tiny://qwen2-audio",
             "ingest.shard_size": 8, "sft.max_steps": 1, "sft.variants": ["cot"],
             "grpo.max_steps": 1, "grpo.num_generations": 2, "grpo.prompts_per_step": 1,
             "grpo.max_completion_length": 4, "evaluate.models": ["pretrained", "cot"],
