@@ -66,6 +66,9 @@ FLUTE_DRUM = ["the flute", "the drum"]
         ("B: the flute", FLUTE_DRUM, None),
         ("B. the drum", FLUTE_DRUM, "the drum"),
         ("B) it is the drum", FLUTE_DRUM, "the drum"),
+        # Punctuation after a letter names nothing, so it is the letter alone.
+        ("(B) .", FLUTE_DRUM, "the drum"),
+        ("B: ?!", FLUTE_DRUM, "the drum"),
         # A bare letter before words may be an article: the words decide.
         ("A low tone", ["high tone", "low tone"], "low tone"),
     ],
