@@ -102,3 +102,11 @@ def test_an_untagged_right_answer_counts_only_under_the_default_rule(scorer, raw
 def test_an_empty_output_is_wrong_under_either_rule(rule):
     assert not score_option("", ["low", "high"], "high", rule).correct
     assert not score_mmau("   ", ["Man", "Woman"], "Man", rule).correct
+
+
+def test_wilson_interval_holds_the_accuracy_inside_the_unit_range():
+    # Computed, the upper bound of 5/5 rounds above 1, that of 6/6 below the accuracy itself.
+    for n in range(1, 31):
+        for k in range(n + 1):
+            lo, hi = scoring.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
