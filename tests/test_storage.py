@@ -120,7 +120,7 @@ def test_writer_killed_mid_write_leaves_no_visible_shard(store):
     [
         (("s3://bucket/root", "run", "shard-00000.parquet"), "s3://bucket/root/run/shard-00000.parquet"),
         # Slashes around the parts are separators, not names; every letter of a name stays.
-        (("file:///data//", "/RUNX/", "INDEX/"), "file:///data/RUNX/INDEX"),
+        (("file:///data/MAX//", "/RUNX/", "INDEX/"), "file:///data/MAX/RUNX/INDEX"),
         # A plain local path keeps its leading slash.
         (("/data/store", "run"), "/data/store/run"),
     ],
@@ -215,16 +215,19 @@ def test_tables_are_zstd_parquet_read_back_in_a_given_schema(store):
     assert store.read_table(uri, pa.schema([("x", pa.int64())])).schema.field("x").type == pa.int64()
 
 
-def test_files_and_trees_go_up_and_come_back(store, tmp_path):
-    src = tmp_path / "src"
+@pytest.mark.parametrize("name", ["MODELX", "MODEL "])
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_files_and_trees_go_up_and_come_back(store, tmp_path, name, slash):
+    # A directory named with or without a trailing slash is the same directory; its name is kept whole.
+    src = tmp_path / name
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a")
     (src / "sub" / "b.txt").write_text("b")
     store.put_file(str(src / "a.txt"), store.uri("one", "a.txt"))
     assert store.read_bytes(store.uri("one", "a.txt")) == b"a"
-    store.put_dir(str(src), store.uri("model"))
-    assert store.ls(store.uri("model")) == ["a.txt", "sub"]
-    store.get_dir(store.uri("model"), str(tmp_path / "back"))
+    store.put_dir(str(src) + slash, store.uri(name))
+    assert store.ls(store.uri(name)) == ["a.txt", "sub"]
+    store.get_dir(store.uri(name) + slash, str(tmp_path / "back"))
     assert sorted(p.relative_to(tmp_path / "back").as_posix() for p in (tmp_path / "back").rglob("*.txt")) == [
         "a.txt", "sub/b.txt"]
 
