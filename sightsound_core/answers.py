@@ -76,7 +76,8 @@ def match_option(answer_text: str, options: list[str]) -> str | None:
     names the letter's own option. When it names another (``B. the flute`` where B is the drum)
     the answer contradicts itself and maps to None, neither option: a reward or a score must not
     pick one half of a contradiction. A bare letter followed by words (``A low tone``) is read as
-    plain text, since it may be an article.
+    plain text, since it may be an article. Punctuation alone after a letter is no text
+    (``(B) .`` is ``B``).
 
     >>> match_option("(b)", ["tone", "chirp"])
     'chirp'
@@ -100,8 +101,8 @@ def match_option(answer_text: str, options: list[str]) -> str | None:
     if letter:
         index = ord(letter.group("letter").upper()) - ord("A")
         if 0 <= index < len(options):
-            rest = letter.group("rest")
-            named = _named_option(normalize(rest), options, norm_options) if rest else options[index]
+            rest = normalize(letter.group("rest") or "")
+            named = _named_option(rest, options, norm_options) if rest else options[index]
             if named == options[index]:
                 return named
             if letter.group("open") or letter.group("mark"):

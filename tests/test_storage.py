@@ -1,15 +1,17 @@
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sightsound_core.schemas import (
     ALL_RECORDS, Clip, GRPOExample, Prediction, Quarantine, SFTExample, TeacherSample, Verdict, Vote,
 )
-from sightsound_core.storage import ObjectStore
+from sightsound_core.storage import ObjectStore, join
 
 SAMPLES = {
     Clip: Clip("s:1", "synthetic", "train", "file:///v.mp4", "file:///v.mp4", 2.0, "Which?",
@@ -111,3 +113,129 @@ def test_writer_killed_mid_write_leaves_no_visible_shard(store):
     proc.join()
     assert not store.exists(uri)
     assert store.list_shards(store.uri("kill", "h")) == []
+
+
+@pytest.mark.parametrize(
+    "parts, uri",
+    [
+        (("s3://bucket/root", "run", "shard-00000.parquet"), "s3://bucket/root/run/shard-00000.parquet"),
+        # Slashes around the parts are separators, not names; every letter of a name stays.
+        (("file:///data/MAX//", "/RUNX/", "INDEX/"), "file:///data/MAX/RUNX/INDEX"),
+        # A plain local path keeps its leading slash.
+        (("/data/store", "run"), "/data/store/run"),
+    ],
+)
+def test_join(parts, uri):
+    assert join(*parts) == uri
+
+
+def test_a_file_store_writes_where_its_root_says(tmp_path, monkeypatch):
+    store = ObjectStore(f"file://{tmp_path}/store")
+    store.write_bytes(store.uri("a", "b.bin"), b"x")
+    assert (tmp_path / "store" / "a" / "b.bin").read_bytes() == b"x"
+    # A relative root, or a plain path, is a local directory under the working directory.
+    monkeypatch.chdir(tmp_path)
+    for root in ("file://rel/store", "rel/store"):
+        relative = ObjectStore(root)
+        assert relative.root == f"file://{tmp_path}/rel/store"
+        assert relative.local_path(relative.uri("x")) == f"{tmp_path}/rel/store/x"
+
+
+def test_an_s3_store_writes_to_its_bucket(s3_store):
+    import s3fs
+
+    s3_store.write_bytes(s3_store.uri("a", "b.bin"), b"x")
+    bucket_path = s3_store.root.removeprefix("s3://") + "/a/b.bin"
+    assert s3fs.S3FileSystem(**s3_store.storage_options).cat(bucket_path) == b"x"
+    # The s3a and s3n schemes of Hadoop name the same store.
+    for scheme in ("s3a", "s3n"):
+        alias = ObjectStore(s3_store.root.replace("s3://", f"{scheme}://"), s3_store.storage_options)
+        assert alias.root == s3_store.root and alias.read_bytes(alias.uri("a", "b.bin")) == b"x"
+    with pytest.raises(ValueError, match="is not on a local filesystem"):
+        s3_store.local_path(s3_store.uri("a", "b.bin"))
+
+
+def test_a_uri_outside_the_store_is_refused_by_name(store):
+    with pytest.raises(ValueError, match=r"gs://elsewhere/x is not in this store \((file|s3)://"):
+        store.exists("gs://elsewhere/x")
+
+
+def test_only_the_first_separator_is_the_scheme(file_store):
+    # Object keys may hold '://' themselves.
+    assert file_store.local_path(file_store.uri("odd://name")) == file_store.root.removeprefix("file://") + "/odd://name"
+
+
+def test_a_write_that_dies_before_its_move_leaves_its_partial_under_tmp_only(store, monkeypatch):
+    def killed(*a, **k):
+        raise OSError("killed")
+
+    monkeypatch.setattr(store.fs, "mv", killed)
+    monkeypatch.setattr(store.fs, "rm", lambda *a, **k: None)  # a killed process cleans up nothing
+    with pytest.raises(OSError):
+        store.write_bytes(store.uri("stage", "k", "shard-00000.parquet"), b"partial")
+    assert store.ls(store.uri("stage", "k")) == ["_tmp"]
+    assert [n.split(".parquet.")[0] for n in store.ls(store.uri("stage", "k", "_tmp"))] == ["shard-00000"]
+
+
+def test_rm_leaves_a_directory_unless_asked_to_recurse(store):
+    store.write_bytes(store.uri("d", "keep", "a"), b"x")
+    with contextlib.suppress(ValueError):  # the local filesystem refuses, S3 does nothing
+        store.rm(store.uri("d", "keep"))
+    assert store.exists(store.uri("d", "keep", "a"))
+    store.rm(store.uri("d", "keep"), recursive=True)
+    assert not store.exists(store.uri("d", "keep", "a"))
+
+
+def test_ls_reports_names_exactly(store):
+    for name in ("A", "MAX", "trailing ", "sub/b"):
+        store.write_bytes(store.uri("names", name), b"x")
+    assert [n for n in store.ls(store.uri("names")) if n != "_tmp"] == ["A", "MAX", "sub", "trailing "]
+
+
+def test_open_reads_bytes_by_default_and_honours_a_mode(store):
+    store.write_bytes(store.uri("o", "t.txt"), b"text")
+    with store.open(store.uri("o", "t.txt")) as fh:
+        assert fh.read() == b"text"
+    with store.open(store.uri("o", "t.txt"), "r") as fh:
+        assert fh.read() == "text"
+
+
+def test_json_is_written_readable_and_key_sorted(store):
+    # Sorted keys: the same content always gives the same bytes, so manifests can be compared.
+    store.write_json(store.uri("j.json"), {"b": 1, "a": [1]})
+    assert store.read_bytes(store.uri("j.json")) == b'{\n  "a": [\n    1\n  ],\n  "b": 1\n}'
+
+
+def test_tables_are_zstd_parquet_read_back_in_a_given_schema(store):
+    uri = store.uri("t", "shard-00000.parquet")
+    written = store.write_table(uri, pa.table({"x": pa.array([1, 2], pa.int32())}))
+    assert written == {"rows": 2, "bytes": len(store.read_bytes(uri))}
+    with store.open(uri) as fh:
+        assert pq.ParquetFile(fh).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert store.read_table(uri, pa.schema([("x", pa.int64())])).schema.field("x").type == pa.int64()
+
+
+@pytest.mark.parametrize("name", ["MODELX", "MODEL "])
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_files_and_trees_go_up_and_come_back(store, tmp_path, name, slash):
+    # A directory named with or without a trailing slash is the same directory; its name is kept whole.
+    src = tmp_path / name
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("b")
+    store.put_file(str(src / "a.txt"), store.uri("one", "a.txt"))
+    assert store.read_bytes(store.uri("one", "a.txt")) == b"a"
+    store.put_dir(str(src) + slash, store.uri(name))
+    assert store.ls(store.uri(name)) == ["a.txt", "sub"]
+    store.get_dir(store.uri(name) + slash, str(tmp_path / "back"))
+    assert sorted(p.relative_to(tmp_path / "back").as_posix() for p in (tmp_path / "back").rglob("*.txt")) == [
+        "a.txt", "sub/b.txt"]
+
+
+def test_a_manifest_may_name_no_shards_and_a_refusal_names_three(store):
+    store.commit_manifest(store.uri("m0"), {"note": "nothing sharded"})
+    assert store.read_manifest(store.uri("m0")) == {"note": "nothing sharded"}
+    missing = [{"uri": store.uri("m4", f"shard-{i:05d}.parquet")} for i in range(4)]
+    with pytest.raises(RuntimeError) as err:
+        store.commit_manifest(store.uri("m4"), {"shards": missing})
+    assert missing[2]["uri"] in str(err.value) and missing[3]["uri"] not in str(err.value)

@@ -170,7 +170,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0/n and n/n the bound is exactly 0 or 1; computed, rounding can leave the accuracy outside.
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == n else centre + half)
 
 
 def accuracy(flags: list[bool]) -> dict[str, float | int]:

@@ -102,3 +102,23 @@ def test_an_untagged_right_answer_counts_only_under_the_default_rule(scorer, raw
 def test_an_empty_output_is_wrong_under_either_rule(rule):
     assert not score_option("", ["low", "high"], "high", rule).correct
     assert not score_mmau("   ", ["Man", "Woman"], "Man", rule).correct
+
+
+def test_wilson_interval_holds_the_accuracy_inside_the_unit_range():
+    # Computed, the upper bound of 5/5 rounds above 1, that of 6/6 below the accuracy itself.
+    for n in range(1, 31):
+        for k in range(n + 1):
+            lo, hi = scoring.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+
+
+def test_score_names_the_unlabelled_item_it_refuses():
+    clip = Clip("clip-7", "s", "test", None, "file:///a.wav", 1.0, "q?", ["low", "high"], None, "acoustic", "k", "{}")
+    with pytest.raises(ValueError, match="clip-7: cannot score an unlabelled item"):
+        score("option", "<answer>high</answer>", clip, "answer_block")
+
+
+def test_accuracy_reports_every_field_and_an_empty_set():
+    lo, hi = scoring.wilson_interval(2, 3)
+    assert scoring.accuracy([True, False, True]) == {"n": 3, "correct": 2, "accuracy": 2 / 3, "ci_low": lo, "ci_high": hi}
+    assert scoring.accuracy([]) == {"n": 0, "correct": 0, "accuracy": 0.0, "ci_low": 0.0, "ci_high": 1.0}

@@ -4,8 +4,10 @@ import doctest
 import subprocess
 import sys
 
+import pytest
+
 from sightsound_core.training import rewards
-from sightsound_core.training.rewards import accuracy_reward, format_reward
+from sightsound_core.training.rewards import accuracy_reward, completion_text, format_reward
 
 
 def test_doctests():
@@ -33,9 +35,31 @@ def test_conversational_completions():
     assert format_reward(parts) == [0.0]
 
 
+def test_completion_text_of_odd_messages():
+    # Text parts are joined as they are, whatever sits between them; a part without text adds none.
+    parts = [
+        {"type": "text", "text": "<think>a hum</think>"},
+        {"type": "image"},
+        {"type": "text"},
+        {"type": "text", "text": "<answer>low</answer>"},
+    ]
+    assert completion_text([{"role": "assistant", "content": parts}]) == "<think>a hum</think><answer>low</answer>"
+    # An empty conversation or a message without content (a tool call) is no text.
+    assert completion_text([]) == ""
+    assert completion_text([{"role": "assistant", "content": None}]) == ""
+
+
+def test_accuracy_refuses_columns_of_another_length():
+    # Unchecked, a short label column would silently yield fewer rewards than completions.
+    with pytest.raises(ValueError):
+        accuracy_reward(["<answer>low</answer>"] * 2, label=["low"], options=[["low", "high"]] * 2)
+
+
 def test_format_is_strict():
     bad = [
         "",
+        "<think>x</think><answer>low</answer><answer>high</answer>",
+        "<think>x</think><answer>low <think>y</think></answer>",
         "<think></think><answer>low</answer>",
         "<think>x</think><answer></answer>",
         "preamble <think>x</think><answer>low</answer>",
