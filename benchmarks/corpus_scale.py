@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -94,7 +95,9 @@ def cost_per_clip(sizes: list[int], shard_size: int) -> dict:
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    # moto announces itself on stdout; the benchmark's stdout is its JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        server.start()
     calls = S3Calls()
     options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "testing", "secret": "testing"}
     bucket = f"scale-{uuid.uuid4().hex[:8]}"
