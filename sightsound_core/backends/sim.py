@@ -279,6 +279,30 @@ def _instrument_answer(clip: Clip, seen: list[str], count: int, rng: np.random.G
     return str(pool[int(rng.integers(len(pool)))])
 
 
+def _misread(
+    seen: list[SeenObject], rng: np.random.Generator, slip: float, noun: str, shapes: bool
+) -> tuple[list[SeenObject], int, list[str]]:
+    """Sometimes the frames are misread, as a real model misreads them: an object missed, an
+    extra one imagined, two onsets swapped, or (where shapes name objects, world v1) a shape
+    mistaken. Returns (belief, extra objects, narrated notes); ``seen`` is left untouched."""
+    belief = [dataclasses.replace(o) for o in seen]
+    extra, notes = 0, []
+    if belief and rng.random() < slip:
+        error = str(rng.choice(["miss", "extra", "order", *(["shape"] if shapes else [])]))
+        if error == "miss" and len(belief) > 1:
+            belief.pop(int(rng.integers(len(belief))))
+        elif error == "extra":
+            extra = 1
+            notes.append(f"One more {noun} seems to flicker briefly at the edge of the frame.")
+        elif error == "order" and len(belief) > 1:
+            belief[0].onset, belief[1].onset = belief[1].onset, belief[0].onset
+            belief.sort(key=lambda o: o.onset)
+        elif shapes:
+            victim = belief[int(rng.integers(len(belief)))]
+            victim.shape = str(rng.choice([s for s in SHAPES if s != victim.shape]))
+    return belief, extra, notes
+
+
 class SimTeacher:
     """Vision-only teacher over silent frames (implements ``TeacherBackend``).
 
@@ -328,24 +352,7 @@ class SimTeacher:
             return self._instrument_trace(req, seen, rng)
         clip = req.clip
         slip, guess, side = self._rates()
-        belief = [dataclasses.replace(o) for o in seen]
-        extra = 0
-        notes: list[str] = []
-
-        # Sometimes the frames are misread, as a real model misreads them.
-        if belief and rng.random() < slip:
-            error = str(rng.choice(["miss", "extra", "order", "shape"]))
-            if error == "miss" and len(belief) > 1:
-                belief.pop(int(rng.integers(len(belief))))
-            elif error == "extra":
-                extra = 1
-                notes.append("One more object seems to flicker briefly at the edge of the frame.")
-            elif error == "order" and len(belief) > 1:
-                belief[0].onset, belief[1].onset = belief[1].onset, belief[0].onset
-                belief.sort(key=lambda o: o.onset)
-            else:
-                victim = belief[int(rng.integers(len(belief)))]
-                victim.shape = str(rng.choice([s for s in SHAPES if s != victim.shape]))
+        belief, extra, notes = _misread(seen, rng, slip, "object", shapes=True)
 
         # Narrate what is visible: objects with the times they are on screen.
         lines = [f"I look at the {len(req.frames)} frames without sound."]
@@ -391,20 +398,8 @@ class SimTeacher:
         visual prior or a guess for what cannot be seen."""
         clip = req.clip
         slip, guess, side = self._rates()
-        belief = [o for o in seen if o.colour in _INSTRUMENT_BY_COLOUR]
-        extra = 0
-        notes: list[str] = []
-        if belief and rng.random() < slip:
-            error = str(rng.choice(["miss", "extra", "order"]))
-            if error == "miss" and len(belief) > 1:
-                belief.pop(int(rng.integers(len(belief))))
-            elif error == "extra":
-                extra = 1
-                notes.append("One more instrument seems to flicker briefly at the edge of the frame.")
-            elif error == "order" and len(belief) > 1:
-                belief = [dataclasses.replace(o) for o in belief]
-                belief[0].onset, belief[1].onset = belief[1].onset, belief[0].onset
-                belief.sort(key=lambda o: o.onset)
+        instruments = [o for o in seen if o.colour in _INSTRUMENT_BY_COLOUR]
+        belief, extra, notes = _misread(instruments, rng, slip, "instrument", shapes=False)
 
         # What is visible, and the sounds it implies
         names = [_instrument_name(o) for o in belief]
