@@ -130,8 +130,13 @@ class EncoderCounter:
         self.clips = 0
         self.prefill_rows = 0
         self.decode_rows = 0
-        model.model.visual.register_forward_hook(self._vision, with_kwargs=True)
-        model.model.language_model.register_forward_hook(self._lm, with_kwargs=True)
+        import torch
+
+        # Outside the compiled graph: dynamo treats the counters as constants of the module, so a
+        # counting hook traced into the decode step recompiles it every step until the recompile
+        # limit (8) sends decode back to eager (seen on the H200, 2026-11-29: 36 ms a step).
+        model.model.visual.register_forward_hook(torch.compiler.disable(self._vision), with_kwargs=True)
+        model.model.language_model.register_forward_hook(torch.compiler.disable(self._lm), with_kwargs=True)
 
     def reset(self) -> None:
         self.clips = self.prefill_rows = self.decode_rows = 0

@@ -22,6 +22,18 @@ from sightsound_core.training.inputs import load_student, resolve_device
 log = logging.getLogger(__name__)
 
 
+def _checkpointing_field() -> str:
+    """transformers 5.23 renamed ``gradient_checkpointing`` (5.17, the GPU image's) to
+    ``activation_checkpointing`` and keeps the old name as a deprecated alias; pass whichever the
+    installed ``TrainingArguments`` defines, newest first."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def trl_sft_config(cfg: SFTConfig, output_dir: str, device: str) -> Any:
     """Our ``SFTConfig`` as ``trl.SFTConfig``: the one place the two meet."""
     import trl
@@ -41,7 +53,7 @@ def trl_sft_config(cfg: SFTConfig, output_dir: str, device: str) -> Any:
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **{_checkpointing_field(): cfg.gradient_checkpointing},
         bf16=cfg.bf16,
         use_cpu=device == "cpu",
         logging_steps=cfg.logging_steps,

@@ -5,7 +5,9 @@ The GPU image is stood in for by a fresh virtual environment that sees, of this 
 packages, only those the image has (``benchmarks/gpu/image-packages.txt``) and what they need: no
 trl, prefect, pydantic, av, soundfile, soxr. The wheelhouse is built for this Python by
 ``build_wheelhouse.py`` (it needs the package index), installed with ``pip install --no-index
---no-deps`` by ``run.sh``, and both benchmarks run their CPU smoke.
+--no-deps`` by ``run.sh``, and both benchmarks run their CPU smoke. The image's own versions of the
+packages the benchmarks touch (``benchmarks/gpu/image-versions.txt``: transformers 5.17, not this
+project's 5.23) are installed over the stand-in: the first GPU run failed on exactly that gap.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ def test_wheelhouse_runs_both_benchmarks_beside_the_image_packages_only(tmp_path
     # dill (datasets' fingerprints) pickles a module by value unless its path looks installed.
     stand_in = tmp_path / "image" / "site-packages"
     stand_in_site(stand_in, dists)
+    pinned = tmp_path / "image" / "pinned"
+    pins = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", "--target", str(pinned),
+         "-r", str(GPU / "image-versions.txt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert pins.returncode == 0, pins.stderr[-3000:]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -98,7 +107,7 @@ def test_wheelhouse_runs_both_benchmarks_beside_the_image_packages_only(tmp_path
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    Path(purelib, "image.pth").write_text(f"{stand_in}\n")
+    Path(purelib, "image.pth").write_text(f"{pinned}\n{stand_in}\n")
     # pip itself is no image package here but is one there: give the venv this one.
     pip_dir = Path(md.distribution("pip").locate_file("pip"))
     Path(purelib, "pip").symlink_to(pip_dir)
