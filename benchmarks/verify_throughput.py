@@ -50,12 +50,12 @@ def _requests(n: int, offset: int, audio_s: float):
 
 def measure(url: str, concurrency: int, n: int, latency_s: float, audio_s: float) -> dict:
     """Time ``n`` verifications at ``concurrency``, after ``warmup_items(concurrency)`` untimed."""
-    from sightsound_core.backends.openai_client import ClientSettings
     from sightsound_core.backends.openai_verifier import OpenAIVerifier
+    from sightsound_core.config import VerifyConfig
 
-    settings = ClientSettings(base_url=url, model="fake-audio", api_key_env=None,
-                              concurrency=concurrency, timeout_s=30)
-    verifier = OpenAIVerifier(settings)
+    cfg = VerifyConfig(backend="openai", model="fake-audio",
+                       client={"base_url": url, "api_key_env": None, "concurrency": concurrency, "timeout_s": 30})
+    verifier = OpenAIVerifier.from_config(cfg)
     verifier.verify(_requests(warmup_items(concurrency), 10**6, audio_s))  # warm: imports, connections
     requests = _requests(n, 0, audio_s)
     began = time.perf_counter()

@@ -258,6 +258,79 @@ class FrameConfig(StageConfig):
     max_pixels: int = Field(224 * 224, ge=32 * 32, description="Frames are downscaled to this area.")
 
 
+CLIENT_KEYS = ("base_url", "api_key_env", "api_key_secret", "concurrency", "requests_per_minute",
+               "tokens_per_minute", "max_retries", "timeout_s", "backoff_base_s", "backoff_max_s",
+               "max_retry_after_s")
+
+
+class ClientConfig(StageConfig):
+    """How to reach an OpenAI-compatible server and how hard to push it: one model for every stage
+    that talks to one (teacher, question synthesis, verifier). None of it changes results.
+
+    The API key is never a field: only the names of where it lives (``api_key_env``,
+    ``api_key_secret``); ``secrets.resolve_api_key`` reads it when a client opens.
+    """
+
+    base_url: str | None = Field(None, description="URL up to and including /v1 (None: OpenAI's).")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Env var holding the API key; null for servers that take none."
+    )
+    api_key_secret: str | None = Field(
+        None, description="Prefect Secret block name read when the env var is unset."
+    )
+    concurrency: int = Field(16, ge=1, description="Requests on the wire at once.")
+    requests_per_minute: int | None = Field(None, ge=1, description="Client-side request limit.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Client-side token limit (estimated per request, corrected from usage)."
+    )
+    max_retries: int = Field(
+        6, ge=0, description="Retries after the first attempt, on 408/409/429/5xx, timeouts, "
+        "connection failures and malformed replies."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per-attempt timeout, whole request.")
+    backoff_base_s: float = Field(
+        0.5, gt=0, description="Full-jitter backoff: retry r waits up to base * 2**r, capped."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest backoff between retries.")
+    max_retry_after_s: float = Field(
+        120.0, gt=0, description="Longest server-requested wait (Retry-After) honoured; longer "
+        "ones are capped to it."
+    )
+
+
+def client_field(**defaults: Any) -> Any:
+    """A stage's ``client`` field (runtime: outside the stage hash), with the stage's defaults."""
+    return runtime(
+        default_factory=lambda: ClientConfig(**defaults),
+        description="OpenAI-compatible client (openai backend). The same keys are also accepted "
+        "flat on the stage (teacher.concurrency), as older recipes wrote them.",
+    )
+
+
+def lift_client_keys(data: Any, defaults: dict[str, Any]) -> Any:
+    """Move client keys written flat on a stage (``verify.concurrency``) into its ``client``,
+    over the stage's defaults; a key given both ways is an error."""
+    if not isinstance(data, dict):
+        return data
+    flat = {k: data[k] for k in CLIENT_KEYS if k in data}
+    nested = data.get("client")
+    if isinstance(nested, ClientConfig) and not flat:
+        return data
+    if not flat and nested is None:
+        return data
+    nested = nested.model_dump() if isinstance(nested, ClientConfig) else dict(nested or {})
+    both = sorted(set(flat) & set(nested))
+    if both:
+        raise ValueError(f"client keys given both flat and under client: {both}")
+    rest = {k: v for k, v in data.items() if k not in CLIENT_KEYS}
+    return {**rest, "client": {**defaults, **nested, **flat}}
+
+
+# Video requests for K samples are heavier than one verdict: fewer at once, longer to answer.
+_TEACHER_CLIENT = {"concurrency": 8, "timeout_s": 120.0}
+_VERIFY_CLIENT = {"concurrency": 16, "timeout_s": 60.0}
+
+
 class TeacherConfig(StageConfig):
     """The vision-language teacher: K samples per question from the silent frames.
 
@@ -292,15 +365,7 @@ class TeacherConfig(StageConfig):
     questions_prompt_version: str = Field(
         "questions-v1", description="Question-synthesis prompt version; must be this code's version."
     )
-    base_url: str | None = runtime(None, description="OpenAI-compatible server URL (openai backend).")
-    api_key_env: str | None = runtime(
-        "OPENAI_API_KEY", description="Env var holding the API key; null for servers that take none."
-    )
-    concurrency: int = runtime(8, ge=1, description="Requests in flight (openai backend).")
-    requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
-    tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
-    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts (openai).")
-    timeout_s: float = runtime(120.0, gt=0, description="Per-request timeout (openai).")
+    client: ClientConfig = client_field(**_TEACHER_CLIENT)
     batch_size: int = runtime(8, ge=1, description="Clips per generate call (hf/vllm).")
     device: str = runtime("auto", description="hf: auto, cpu or cuda.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = runtime(
@@ -311,6 +376,11 @@ class TeacherConfig(StageConfig):
     )
     tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallelism.")
     gpu_memory_utilization: float = runtime(0.9, gt=0, le=1, description="vLLM memory share.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_keys(cls, data: Any) -> Any:
+        return lift_client_keys(data, _TEACHER_CLIENT)
 
     @field_validator("prompt_version")
     @classmethod
@@ -346,8 +416,7 @@ class VoteConfig(StageConfig):
 class VerifyConfig(StageConfig):
     """AGFV: an audio model hears each kept trace's clip and accepts or rejects the trace.
 
-    The API key is never a field: only the names of where it lives (``api_key_env``,
-    ``api_key_secret``) are, and both are runtime knobs outside the stage hash.
+    The server and the client's discipline are ``client`` (``ClientConfig``, as the teacher's).
     """
 
     backend: Literal["sim", "openai", "hf", "vllm"] = Field(
@@ -365,20 +434,7 @@ class VerifyConfig(StageConfig):
         1, ge=1, description="Traces verified per kept clip (the first N of its K samples)."
     )
     max_new_tokens: int = Field(256, ge=8)
-    base_url: str | None = runtime(None, description="OpenAI-compatible server URL (None: OpenAI's).")
-    api_key_env: str | None = runtime(
-        "OPENAI_API_KEY", description="Env var holding the API key; null for servers that take none."
-    )
-    api_key_secret: str | None = runtime(
-        None, description="Prefect Secret block name read when the env var is unset."
-    )
-    concurrency: int = runtime(16, ge=1, description="Requests in flight.")
-    requests_per_minute: int | None = runtime(None, ge=1, description="Client-side rate limit.")
-    tokens_per_minute: int | None = runtime(None, ge=1, description="Client-side token limit.")
-    max_retries: int = runtime(6, ge=0, description="Retries on 429/5xx/timeouts/malformed replies.")
-    timeout_s: float = runtime(60.0, gt=0, description="Per-request timeout.")
-    backoff_base_s: float = runtime(0.5, gt=0, description="First retry waits up to this long.")
-    backoff_max_s: float = runtime(30.0, gt=0, description="Longest backoff between retries.")
+    client: ClientConfig = client_field(**_VERIFY_CLIENT)
     part_size: int = runtime(
         64, ge=1, description="Traces per call of a batch backend (sim, hf, vllm); each call's "
         "verdicts are saved before the next. A streaming backend (openai) saves each verdict as "
@@ -387,6 +443,11 @@ class VerifyConfig(StageConfig):
     batch_size: int = runtime(8, ge=1, description="Traces per generate call (hf, vllm).")
     device: str = runtime("auto", description="auto, cpu or cuda (hf).")
     tensor_parallel_size: int = runtime(1, ge=1, description="vLLM tensor parallelism.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_keys(cls, data: Any) -> Any:
+        return lift_client_keys(data, _VERIFY_CLIENT)
 
 
 class CorpusConfig(StageConfig):

@@ -13,24 +13,22 @@ Malformed proposals are dropped with a reason, as Quarantine rows: ``not_json``,
 
 ``questions_shard`` is the stage form (shard i of clips -> shard i of clips, unflagged clips passed
 through unchanged), so it slots between ingest and teacher without changing any other stage.
-``SimProposer`` proposes from the synthetic world's pixels, so all of this runs offline.
+The simulated teacher (``backends.sim.SimTeacher.propose``) proposes from the synthetic world's
+pixels, so all of this runs offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import logging
-import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from sightsound_core.answers import match_option, normalize
-from sightsound_core.backends.base import Generation, TeacherRequest, TeacherResult
+from sightsound_core.backends.base import QuestionProposer, TeacherRequest, TeacherResult
+from sightsound_core.backends.registry import make_teacher
 from sightsound_core.config import TeacherConfig
 from sightsound_core.schemas import Clip, Quarantine
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, plan_map, run_plan
@@ -40,18 +38,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "questions"
 FAMILIES = ("visual", "acoustic")
-
-
-@runtime_checkable
-class QuestionProposer(Protocol):
-    name: str
-    model: str
-
-    def load(self) -> None: ...
-
-    def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
-        """One reply per request, in request order: JSON text proposing up to ``n`` questions."""
-        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,18 +164,6 @@ def synthesize_questions(
 
 
 # -- the stage -------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def make_proposer(cfg: TeacherConfig) -> QuestionProposer:
-    """The sim world's proposer, or the configured teacher backend (hf, vllm, openai propose)."""
-    if cfg.backend == "sim":
-        proposer: QuestionProposer = SimProposer(seed=cfg.seed)
-        proposer.load()
-        return proposer
-    from sightsound_core.teacher import make_teacher
-
-    return make_teacher(cfg)  # type: ignore[return-value]
-
-
 def questions_payload(cfg: TeacherConfig) -> dict[str, Any]:
     """What changes the proposed questions (not K, the vote's business)."""
     keys = ("backend", "model", "temperature", "top_p", "max_new_tokens", "seed", "frames",
@@ -213,7 +187,7 @@ def questions_shard(
     requests, quarantine = load_requests(flagged, cfg, store, job.stage)
     made: list[Clip] = []
     if requests:
-        proposer = make_proposer(cfg)
+        proposer = make_teacher(cfg)
         for start in range(0, len(requests), cfg.batch_size):
             batch = requests[start : start + cfg.batch_size]
             new, bad = synthesize_questions(batch, proposer, cfg.questions_per_clip, cfg.seed, job.stage)
@@ -230,73 +204,3 @@ def run_questions(cfg: TeacherConfig, store: ObjectStore, run: str, clips: Stage
     """Between ingest and teacher: every downstream stage then reads these clips."""
     plan = plan_questions(cfg, store, run, clips)
     return run_plan(store, plan, lambda job: questions_shard(cfg, store, job))
-
-
-# -- the synthetic world's proposer ----------------------------------------------------------------
-class SimProposer:
-    """Proposes visual-correlate questions from what the simulated teacher sees in the frames.
-
-    Kinds, in order: which object sounds, how many sounds, which sounds first (two or more
-    objects seen), then acoustic ones (pitch, timbre of a seen object) when more are asked for.
-    The answer is what it saw (visual) or a guess (acoustic), as a vision-only model's would be.
-    """
-
-    name = "sim"
-    model = "sim://vision-teacher"
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def load(self) -> None:
-        """Nothing to load."""
-
-    def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
-        from sightsound_core.backends.sim import perceive
-
-        results = []
-        for req in requests:
-            began = time.perf_counter()
-            digest = int.from_bytes(hashlib.sha256(req.clip.clip_id.encode()).digest()[:4], "little")
-            rng = np.random.default_rng([self.seed % (1 << 32), seed % (1 << 32), digest])
-            seen = perceive(req.frames, req.frame_times, req.clip.duration_s)
-            text = json.dumps({"questions": _sim_questions(seen, n, rng)})
-            results.append(
-                TeacherResult(req.clip.clip_id, [Generation(text, "stop", 0, len(text.split()))],
-                              time.perf_counter() - began)
-            )
-        return results
-
-
-def _sim_questions(seen: list[Any], n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    from sightsound_core.datasets.synthetic import COLOURS, PITCH_BANDS, SHAPES, TIMBRE_TEXT, object_name
-
-    if not seen:
-        return []
-    names = [o.name for o in seen]
-    absent = [object_name(c, s) for c in COLOURS for s in SHAPES if object_name(c, s) not in names]
-
-    def shuffled(options: list[str]) -> list[str]:
-        return [options[i] for i in rng.permutation(len(options))]
-
-    def fill(options: list[str]) -> list[str]:
-        extra = [str(x) for x in rng.choice(absent, size=4 - len(options), replace=False)]
-        return shuffled(options + extra)
-
-    target = seen[int(rng.integers(len(seen)))]
-    out = [
-        {"question": "Which of these objects makes a sound in the clip?", "options": fill([target.name]),
-         "answer": target.name, "family": "visual", "category": "which_object"},
-        {"question": "How many distinct sounds can be heard in the clip?",
-         "options": [str(v) for v in range(max(1, len(seen) - 1), max(1, len(seen) - 1) + 4)],
-         "answer": str(len(seen)), "family": "visual", "category": "count"},
-    ]
-    if len(seen) >= 2:
-        out.append({"question": "Which object's sound starts first?", "options": fill(names[:4]),
-                    "answer": seen[0].name, "family": "visual", "category": "first_onset"})
-    pitches = list(PITCH_BANDS)
-    out.append({"question": f"What is the pitch of the sound made by {target.name}?", "options": pitches,
-                "answer": str(rng.choice(pitches)), "family": "acoustic", "category": "pitch"})
-    timbres = [TIMBRE_TEXT[k] for k in ("tone", "chord", "noise", "chirp")]
-    out.append({"question": f"What kind of sound does {target.name} make?", "options": timbres,
-                "answer": str(rng.choice(timbres)), "family": "acoustic", "category": "timbre"})
-    return out[:n]

@@ -12,14 +12,14 @@ pseudo-label. The vote manifest's summary reports the kept fraction per question
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 
 import pyarrow as pa
 
 from sightsound_core.answers import OK, parse_response
-from sightsound_core.backends.base import TeacherBackend, TeacherRequest
+from sightsound_core.backends.base import StreamingTeacher, TeacherBackend, TeacherRequest
+from sightsound_core.backends.registry import make_teacher
 from sightsound_core.config import TeacherConfig, VoteConfig
 from sightsound_core.media.decode import MediaError, load_frames
 from sightsound_core.schemas import Clip, Quarantine, TeacherSample, Vote
@@ -35,51 +35,6 @@ from sightsound_core.stage import (
 from sightsound_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=4)
-def make_teacher(cfg: TeacherConfig) -> TeacherBackend:
-    """The configured backend, loaded once per process and config."""
-    backend: TeacherBackend
-    if cfg.backend == "sim":
-        from sightsound_core.backends.sim import SimTeacher
-
-        backend = SimTeacher(temperature=cfg.temperature, seed=cfg.seed)
-    elif cfg.backend == "hf":
-        from sightsound_core.backends.hf_teacher import HFTeacher
-
-        backend = HFTeacher(
-            cfg.model,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            max_pixels=cfg.frames.max_pixels,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            compile=cfg.compile,
-        )
-    elif cfg.backend == "vllm":
-        from sightsound_core.backends.vllm_teacher import VLLMTeacher
-
-        backend = VLLMTeacher(
-            cfg.model,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            max_pixels=cfg.frames.max_pixels,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            dtype=cfg.dtype,
-            seed=cfg.seed,
-        )
-    elif cfg.backend == "openai":
-        from sightsound_core.backends.openai_teacher import OpenAITeacher
-
-        backend = OpenAITeacher.from_config(cfg)
-    else:
-        raise ValueError(f"unknown teacher backend {cfg.backend!r}")
-    backend.load()
-    return backend
 
 
 # -- teacher ---------------------------------------------------------------------------------------
@@ -122,16 +77,17 @@ def teacher_shard(
         if answered:
             write_part(store, job, TeacherSample.to_table(answered))
 
-    stream = getattr(backend, "sample_stream", None)
+    streams = isinstance(backend, StreamingTeacher)
     for start in range(0, len(pending), cfg.batch_size):
         batch = pending[start : start + cfg.batch_size]
-        if stream is not None:
-            results = stream(batch, cfg.k, cfg.seed, lambda i, res, b=batch: on_results([(b[i], res)]))
+        if streams:
+            results = backend.sample_stream(batch, cfg.k, cfg.seed,
+                                            lambda i, res, b=batch: on_results([(b[i], res)]))
         else:
             results = backend.sample(batch, cfg.k, cfg.seed)
         if [r.clip_id for r in results] != [r.clip.clip_id for r in batch]:
             raise RuntimeError(f"{backend.name} teacher returned results out of request order")
-        if stream is None:
+        if not streams:
             on_results(list(zip(batch, results)))
     quarantine += [Quarantine(job.stage, r.clip.clip_id, "teacher_error", failed[r.clip.clip_id])
                    for r in requests if r.clip.clip_id in failed]

@@ -29,14 +29,14 @@ per-shard unit for an orchestrator.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from sightsound_core.backends.base import VerifierBackend, VerifyRequest, VerifyResult
+from sightsound_core.backends.base import StreamingVerifier, VerifierBackend, VerifyRequest, VerifyResult
+from sightsound_core.backends.registry import make_verifier
 from sightsound_core.claims import planted_hallucination
 from sightsound_core.config import VerifyConfig
 from sightsound_core.media.decode import MediaError, load_audio
@@ -60,51 +60,6 @@ from sightsound_core.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 MEDIA_ERROR = "media:"
-
-
-@functools.lru_cache(maxsize=4)
-def make_verifier(cfg: VerifyConfig) -> VerifierBackend:
-    """The backend ``cfg.backend`` names, loaded. Heavy imports happen in its ``load()``."""
-    backend: VerifierBackend
-    if cfg.backend == "sim":
-        from sightsound_core.backends.sim import SimVerifier
-
-        backend = SimVerifier()
-    elif cfg.backend == "openai":
-        from sightsound_core.backends.openai_verifier import OpenAIVerifier
-
-        backend = OpenAIVerifier(client_settings(cfg), cfg.max_new_tokens)
-    elif cfg.backend == "hf":
-        from sightsound_core.backends.hf_verifier import HFVerifier
-
-        backend = HFVerifier(cfg.model, cfg.max_new_tokens, cfg.batch_size, cfg.device)
-    elif cfg.backend == "vllm":
-        from sightsound_core.backends.vllm_verifier import VLLMVerifier
-
-        backend = VLLMVerifier(cfg.model, cfg.max_new_tokens, cfg.batch_size, cfg.tensor_parallel_size)
-    else:
-        raise ValueError(f"unknown verifier backend {cfg.backend!r}")
-    backend.load()
-    return backend
-
-
-def client_settings(cfg: VerifyConfig) -> Any:
-    """The OpenAI client settings of a verify config (names of the key, never the key)."""
-    from sightsound_core.backends.openai_client import ClientSettings
-
-    return ClientSettings(
-        base_url=cfg.base_url,
-        model=cfg.model,
-        api_key_env=cfg.api_key_env,
-        api_key_secret=cfg.api_key_secret,
-        concurrency=cfg.concurrency,
-        requests_per_minute=cfg.requests_per_minute,
-        tokens_per_minute=cfg.tokens_per_minute,
-        max_retries=cfg.max_retries,
-        timeout_s=cfg.timeout_s,
-        backoff_base_s=cfg.backoff_base_s,
-        backoff_max_s=cfg.backoff_max_s,
-    )
 
 
 def traces_to_verify(
@@ -220,9 +175,8 @@ def _stream(
     each arrives when the backend streams (``verify_stream`` calls back inside its event loop,
     so nothing else is sent while the callback runs), else all of each ``batch`` of ``verify``
     calls, before the next call."""
-    stream = getattr(backend, "verify_stream", None)
-    if stream is not None:
-        results = stream(requests, lambda i, result: on_results([(i, result)]))
+    if isinstance(backend, StreamingVerifier):
+        results = backend.verify_stream(requests, lambda i, result: on_results([(i, result)]))
         if len(results) != len(requests):
             raise RuntimeError(f"verifier returned {len(results)} results for {len(requests)} requests")
         return

@@ -66,7 +66,7 @@ def store(request):
 @pytest.fixture
 def openai_server():
     """A started ``FakeOpenAIServer`` on 127.0.0.1 (no latency, no faults until ``configure``);
-    stopped after the test. Its ``url`` is a ``base_url`` for ``ClientSettings``."""
+    stopped after the test. Its ``url`` is a ``base_url`` for ``ClientConfig``."""
     from fakes.openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer(seed=0) as server:

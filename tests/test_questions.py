@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 import sightsound_core.questions as questions
-from sightsound_core.backends.base import Generation, TeacherRequest, TeacherResult
+from sightsound_core.backends.base import Generation, QuestionProposer, TeacherRequest, TeacherResult
+from sightsound_core.backends.sim import SimTeacher
 from sightsound_core.config import PipelineConfig, SyntheticConfig
 from sightsound_core.datasets.synthetic import synthesize
 from sightsound_core.media.decode import sample_times
 from sightsound_core.questions import (
-    QuestionProposer,
-    SimProposer,
     parse_proposals,
     run_questions,
     synthesize_questions,
@@ -88,7 +87,7 @@ def _requests(n: int, flag: bool = True) -> list[TeacherRequest]:
 
 
 def test_sim_proposer_writes_valid_visual_questions():
-    proposer = SimProposer()
+    proposer = SimTeacher()
     assert isinstance(proposer, QuestionProposer)
     requests = _requests(20)
     clips, bad = synthesize_questions(requests, proposer, n=2, seed=0)

@@ -70,7 +70,7 @@ def test_a_killed_teacher_shard_never_reasks_an_answered_clip(openai_server, tmp
     assert {r.parse_status for r in rows} == {"ok"}
     assert not answered & set(openai_server.requests)  # nothing answered was asked again
     twice = [item for item in first if item in openai_server.requests]
-    assert len(twice) <= cfg.teacher.concurrency  # only what was on the wire at the kill
+    assert len(twice) <= cfg.teacher.client.concurrency  # only what was on the wire at the kill
     assert len(first) + len(openai_server.requests) - len(twice) == 24
     assert not list((tmp_path / "store" / "t" / "teacher").glob(f"*/{PARTS_DIR}/*/part-*"))
 

@@ -168,5 +168,5 @@ def test_a_shard_killed_midway_never_reasks_an_answered_request(world, openai_se
     assert len(openai_server.requests) == 1000 - len(settled)
     # Asked twice over run + resume: only what was on the wire when the kill came.
     twice = [item for item in first if item in openai_server.requests]
-    assert len(twice) <= cfg.concurrency
+    assert len(twice) <= cfg.client.concurrency
     assert not list(parts_root.glob(f"*/{PARTS_DIR}/*/part-*.parquet"))

@@ -1,13 +1,17 @@
-"""The small Protocols every teacher and verifier backend implements.
+"""The small Protocols every teacher, question-proposer and verifier backend implements.
 
-Backends are composed, never subclassed: a backend is any object with these methods. Heavy
-libraries (torch, vllm, openai) are imported inside ``load()``, never at module import.
+Backends are composed, never subclassed: a backend is any object with these methods, built from
+its stage config by ``from_config(cfg)`` (``backends.registry`` picks the class). Heavy libraries
+(torch, vllm, openai) are imported inside ``load()`` or when a client opens, never at module
+import. A backend that can hand over each result as it arrives also implements the streaming
+variant (``StreamingTeacher``, ``StreamingVerifier``); a stage saves each result before the next
+request goes out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,6 +57,32 @@ class TeacherBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class StreamingTeacher(TeacherBackend, Protocol):
+    def sample_stream(
+        self,
+        requests: list[TeacherRequest],
+        k: int,
+        seed: int,
+        on_result: Callable[[int, TeacherResult], None] | None = None,
+    ) -> list[TeacherResult]:
+        """As ``sample``, calling ``on_result(i, result)`` as each finishes, before any further
+        request is sent."""
+        ...
+
+
+@runtime_checkable
+class QuestionProposer(Protocol):
+    name: str
+    model: str
+
+    def load(self) -> None: ...
+
+    def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
+        """One reply per request, in request order: JSON text proposing up to ``n`` questions."""
+        ...
+
+
 @dataclasses.dataclass
 class VerifyRequest:
     """One trace to check against the clip's real audio (16 kHz mono float32)."""
@@ -83,4 +113,16 @@ class VerifierBackend(Protocol):
 
     def verify(self, requests: list[VerifyRequest]) -> list[VerifyResult]:
         """One result per request, in request order; never raises for a single bad item."""
+        ...
+
+
+@runtime_checkable
+class StreamingVerifier(VerifierBackend, Protocol):
+    def verify_stream(
+        self,
+        requests: list[VerifyRequest],
+        on_result: Callable[[int, VerifyResult], None] | None = None,
+    ) -> list[VerifyResult]:
+        """As ``verify``, calling ``on_result(i, result)`` as each finishes, before any further
+        request is sent."""
         ...

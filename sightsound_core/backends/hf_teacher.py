@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sightsound_core.backends.base import Generation, TeacherRequest, TeacherResult
+from sightsound_core.config import TeacherConfig
 from sightsound_core.prompts import (
     QUESTIONS_SYSTEM,
     TEACHER_SYSTEM,
@@ -387,6 +388,11 @@ class HFTeacher:
         self.tokenizer: Any = None
         self.image_processor: Any = None
         self.step: DecodeStep | None = None
+
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig) -> "HFTeacher":
+        return cls(cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.frames.max_pixels,
+                   cfg.device, cfg.dtype, cfg.compile)
 
     def load(self) -> None:
         if self.net is not None:

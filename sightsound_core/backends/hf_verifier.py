@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sightsound_core.backends.base import VerifyRequest, VerifyResult
+from sightsound_core.config import VerifyConfig
 from sightsound_core.prompts import verifier_prompt
 from sightsound_core.verdicts import parse_verdict
 
@@ -56,6 +57,10 @@ class HFVerifier:
         self.device = device
         self._model: Any = None
         self._processor: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: VerifyConfig) -> "HFVerifier":
+        return cls(cfg.model, cfg.max_new_tokens, cfg.batch_size, cfg.device)
 
     def load(self) -> None:
         if self._model is not None:

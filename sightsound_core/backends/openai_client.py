@@ -1,8 +1,9 @@
 """Async client for OpenAI-compatible chat completions, shared by the teacher and the verifier.
 
 One ``ChatClient`` serves GPT-4o(-audio), ``vllm serve`` and any server speaking
-``POST {base_url}/chat/completions``. It owns the discipline every caller needs when it sends
-thousands of requests:
+``POST {base_url}/chat/completions``. HTTP is the ``openai`` SDK's (``AsyncOpenAI`` on its aiohttp
+transport, ``DefaultAioHttpClient``); this module adds the discipline every caller needs when it
+sends thousands of requests, which the SDK does not have:
 
 - bounded concurrency (an asyncio semaphore held only while a request is on the wire);
 - client-side rate limits in requests and tokens per minute (token buckets; token use is
@@ -13,28 +14,26 @@ thousands of requests:
   (``http_429``, ``http_500``, ``timeout``, ``connect``, ``malformed``, ``http_401``…) with a
   redacted detail, plus the attempts made and the wall time spent.
 
-The API key is resolved when the client opens (``secrets.resolve_api_key``), is sent only in the
-``Authorization`` header, and is registered for log redaction; it is not an attribute of any
-settings object. After a 401 or 403 the client stops sending: every later call fails at once with
-the same error class, so a bad key costs at most ``concurrency`` requests, not thousands.
+The API key is resolved when the client opens (``secrets.resolve_api_key``, from the names in
+``ClientConfig``), handed to the SDK, and registered for log redaction; it is not an attribute of
+any config object. After a 401 or 403 the client stops sending: every later call fails at once
+with the same error class, so a bad key costs at most ``concurrency`` requests, not thousands.
 
 Typical use, from synchronous code (a stage, a Prefect task)::
 
-    settings = ClientSettings(base_url="http://127.0.0.1:8000/v1", model="Qwen2-Audio-7B-Instruct",
-                              api_key_env=None, concurrency=32)
+    config = ClientConfig(base_url="http://127.0.0.1:8000/v1", api_key_env=None, concurrency=32)
     requests = [ChatRequest(messages=[user_message(audio_part(wav), "What is this?")],
                             max_tokens=64, request_id=f"item-{i}") for i, wav in enumerate(clips)]
-    results = run_chat(settings, requests)            # one ChatResult per request, in order
+    results = run_chat(config, "Qwen2-Audio-7B-Instruct", requests)  # one result per request, in order
 
 or from async code::
 
-    async with ChatClient(settings) as client:
+    async with ChatClient(config, "Qwen2-Audio-7B-Instruct") as client:
         result = await client.chat(requests[0])
         results = await client.chat_many(requests, on_result=lambda i, r: ...)
 
-The transport is ``aiohttp`` (a dependency of s3fs), imported when a client opens. It was chosen
-over httpx after measuring on 2 cores: 64 concurrent small requests to a local server went at about
-1,150/s with aiohttp and 77/s with httpx 0.28.
+The transport is aiohttp, not the SDK's default httpx: on 2 cores, 64 concurrent small requests to
+a local server went at about 1,150/s with aiohttp and 77/s with httpx 0.28.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import numpy as np
 
 from sightsound_core import secrets
+from sightsound_core.config import ClientConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,46 +70,6 @@ CHARS_PER_TOKEN = 4
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio and Whisper-style encoders: one token per 40 ms
 IMAGE_TOKENS = 256
 _DETAIL_CHARS = 300
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientSettings:
-    """How to reach a server and how hard to push it.
-
-    Attributes:
-        base_url: URL up to and including ``/v1`` (None: OpenAI's).
-        model: model name sent in each request.
-        api_key_env: environment variable holding the key; None for servers that take no key.
-        api_key_secret: secret-block name tried when the variable is unset (see ``secrets``).
-        concurrency: requests on the wire at once.
-        requests_per_minute, tokens_per_minute: client-side limits (None: unlimited).
-        max_retries: retries after the first attempt, for retryable failures only.
-        timeout_s: per-attempt timeout (connect, read and write).
-        backoff_base_s, backoff_max_s: full-jitter exponential backoff,
-            ``uniform(0, min(max, base * 2**retry))``.
-        max_retry_after_s: longest server-requested wait honoured; longer ones are capped.
-        seed: seeds the jitter, for reproducible tests (None: fresh randomness).
-    """
-
-    base_url: str | None
-    model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
-    api_key_secret: str | None = None
-    concurrency: int = 16
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    max_retries: int = 6
-    timeout_s: float = 60.0
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    max_retry_after_s: float = 120.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("max_retries must be >= 0 and timeout_s > 0")
 
 
 @dataclasses.dataclass
@@ -301,61 +261,69 @@ class _Call:
 
 
 class ChatClient:
-    """Async OpenAI-compatible chat client; use as ``async with ChatClient(settings) as c``.
+    """Async OpenAI-compatible chat client; use as ``async with ChatClient(config, model) as c``.
 
     Args:
-        settings: where and how hard (``ClientSettings``).
-        api_key: an explicit key (tests); by default resolved from the settings at open.
+        config: where and how hard (``ClientConfig``, a stage's ``client``).
+        model: model name sent in each request.
+        api_key: an explicit key (tests); by default resolved from the config at open.
     """
 
-    def __init__(self, settings: ClientSettings, api_key: str | None = None):
-        self.settings = settings
+    def __init__(self, config: ClientConfig, model: str, api_key: str | None = None):
+        self.config = config
+        self.model = model
         self._explicit_key = api_key
-        self._http: Any = None
-        self._url = (settings.base_url or OPENAI_URL).rstrip("/") + "/chat/completions"
+        self._sdk: Any = None
+        self._headers: dict[str, Any] = {}
         self._slots: asyncio.Semaphore | None = None
-        self._rpm = TokenBucket(settings.requests_per_minute) if settings.requests_per_minute else None
-        self._tpm = TokenBucket(settings.tokens_per_minute) if settings.tokens_per_minute else None
-        self._rng = random.Random(settings.seed)
+        self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
+        self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
+        self._rng = random.Random()
         self._fatal: _Failure | None = None
-        self.in_flight = 0
-        self.max_in_flight = 0
 
     def __repr__(self) -> str:
-        return f"ChatClient(base_url={self.settings.base_url!r}, model={self.settings.model!r})"
+        return f"ChatClient(base_url={self.config.base_url!r}, model={self.model!r})"
 
     async def __aenter__(self) -> "ChatClient":
-        import aiohttp
+        import httpx2
+        from openai import AsyncOpenAI, DefaultAioHttpClient, Omit
 
         key = self._explicit_key
         if key is None:
-            key = secrets.resolve_api_key(self.settings.api_key_env, self.settings.api_key_secret)
+            key = secrets.resolve_api_key(self.config.api_key_env, self.config.api_key_secret)
         else:
             secrets.register_secret(key)
             secrets.install_log_redaction()
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        n = self.settings.concurrency
-        timeout = self.settings.timeout_s
-        self._http = aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
-            connector=aiohttp.TCPConnector(limit=n),
+        # A server that takes no key gets no Authorization header. The SDK insists on a key and
+        # would otherwise read $OPENAI_API_KEY itself and send it to whatever server this is.
+        self._headers = {} if key else {"Authorization": Omit()}
+        n, timeout = self.config.concurrency, self.config.timeout_s
+        self._sdk = AsyncOpenAI(
+            api_key=key or "unused",
+            base_url=self.config.base_url or OPENAI_URL,
+            # Retries are this client's, not the SDK's: each result reports its attempts and its
+            # own error class, every attempt takes its rate-limit tokens and a concurrency slot
+            # again (the SDK would sleep holding the slot and bypass the buckets), a malformed
+            # 200 is retried (the SDK returns it), and a 401 stops every queued call.
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+            http_client=DefaultAioHttpClient(limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n)),
         )
         self._slots = asyncio.Semaphore(n)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._http.close()
-        self._http = None
+        await self._sdk.close()
+        self._sdk = None
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Make one request with retries. Never raises for API or network trouble."""
-        if self._http is None:
+        if self._sdk is None:
             raise RuntimeError("ChatClient is not open: use `async with ChatClient(...)`")
-        data = dumps_body(self._body(request))
-        headers = {"X-Client-Request-Id": request.request_id} if request.request_id else None
+        body = dumps_body(self._body(request)).encode()
+        headers = dict(self._headers)
+        if request.request_id:
+            headers["X-Client-Request-Id"] = request.request_id
         estimate = estimate_tokens(request) if self._tpm else 0
         call = _Call()
         while True:
@@ -364,12 +332,12 @@ class ChatClient:
             if self._tpm:
                 await self._tpm.acquire(estimate)
             try:
-                choices, usage = await self._attempt(data, headers, call)
+                choices, usage = await self._attempt(body, headers, call)
             except _Failure as exc:
                 failure = exc
                 if exc.kind in _FATAL_KINDS:
                     self._fatal = exc
-                if not exc.retry or call.attempts > self.settings.max_retries:
+                if not exc.retry or call.attempts > self.config.max_retries:
                     break
                 delay = self._backoff(call.attempts, exc.retry_after)
                 log.debug("%s attempt %d: %s, retrying in %.2f s", request.request_id or "request",
@@ -401,7 +369,7 @@ class ChatClient:
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.settings.model,
+            "model": self.model,
             "messages": request.messages,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -415,9 +383,10 @@ class ChatClient:
         return body
 
     async def _attempt(
-        self, data: str, headers: dict[str, str] | None, call: "_Call"
+        self, body: bytes, headers: dict[str, Any], call: _Call
     ) -> tuple[list[ChatChoice], tuple[int, int]]:
-        import aiohttp
+        import httpx2
+        from openai import APIConnectionError, APIStatusError
 
         assert self._slots is not None
         async with self._slots:
@@ -426,34 +395,48 @@ class ChatClient:
             if call.started is None:
                 call.started = time.monotonic()
             call.attempts += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                async with self._http.post(self._url, data=data, headers=headers) as response:
-                    status, reply_headers = response.status, response.headers
-                    content = await response.read()
-            except asyncio.TimeoutError as exc:
-                raise _Failure("timeout", type(exc).__name__, retry=True) from None
-            except aiohttp.ClientError as exc:
-                raise _Failure("connect", secrets.redact(f"{type(exc).__name__}: {exc}"), retry=True) from None
-            finally:
-                self.in_flight -= 1
-        if status != 200:
-            text = content[:_DETAIL_CHARS].decode("utf-8", "replace")
-            detail = secrets.redact(f"HTTP {status}: {text}")
-            retry = status in RETRYABLE_STATUS
-            raise _Failure(f"http_{status}", detail, retry, retry_after(reply_headers) if retry else None)
-        return parse_completion(content)
+                # The SDK's generic post with the body already encoded (``dumps_body`` skips
+                # scanning base64 media); the SDK's typed ``create`` would re-encode it. The
+                # outer timeout bounds the whole attempt: the transport's bounds each read.
+                async with asyncio.timeout(self.config.timeout_s):
+                    response = await self._sdk.post(
+                        "/chat/completions", content=body, cast_to=httpx2.Response,
+                        options={"headers": {"Content-Type": "application/json", **headers}},
+                    )
+            except APIStatusError as exc:
+                status = exc.status_code
+                text = exc.response.content[:_DETAIL_CHARS].decode("utf-8", "replace")
+                detail = secrets.redact(f"HTTP {status}: {text}")
+                retry = status in RETRYABLE_STATUS
+                raise _Failure(f"http_{status}", detail, retry,
+                               retry_after(exc.response.headers) if retry else None) from None
+            except TimeoutError:
+                raise _Failure("timeout", f"no complete reply in {self.config.timeout_s:g} s", retry=True) from None
+            except APIConnectionError as exc:
+                # Classified by the transport's own error: aiohttp's failures reach the SDK as
+                # httpx "connect timeouts" even when the connection was refused.
+                root = _root(exc)
+                kind = "timeout" if isinstance(root, (TimeoutError, httpx2.TimeoutException)) else "connect"
+                raise _Failure(kind, secrets.redact(f"{type(root).__name__}: {root}"), retry=True) from None
+        return parse_completion(response.content)
 
     def _backoff(self, attempt: int, server_wait: float | None) -> float:
-        s = self.settings
-        delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1)))
+        c = self.config
+        delay = self._rng.uniform(0, min(c.backoff_max_s, c.backoff_base_s * 2 ** (attempt - 1)))
         if server_wait is not None:
-            wait = min(server_wait, s.max_retry_after_s)
+            wait = min(server_wait, c.max_retry_after_s)
             # At least what the server asked for, plus a little spread so a burst of 429s does
             # not come back as one burst.
             delay = max(delay, wait + self._rng.uniform(0, 0.1 * wait))
         return delay
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause of an exception chain (the transport's own error)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 def dumps_body(body: dict[str, Any]) -> str:
@@ -559,7 +542,8 @@ def run_sync(main: Callable[[], Awaitable[T]]) -> T:
 
 
 def run_chat(
-    settings: ClientSettings,
+    config: ClientConfig,
+    model: str,
     requests: list[ChatRequest],
     on_result: Callable[[int, ChatResult], None] | None = None,
     api_key: str | None = None,
@@ -567,7 +551,7 @@ def run_chat(
     """Synchronous ``chat_many`` with a client opened for the call (see ``run_sync``)."""
 
     async def main() -> list[ChatResult]:
-        async with ChatClient(settings, api_key=api_key) as client:
+        async with ChatClient(config, model, api_key=api_key) as client:
             return await client.chat_many(requests, on_result)
 
     return run_sync(main)

@@ -31,13 +31,12 @@ from sightsound_core.backends.base import Generation, TeacherRequest, TeacherRes
 from sightsound_core.backends.openai_client import (
     ChatRequest,
     ChatResult,
-    ClientSettings,
     image_part,
     run_chat,
     system_message,
     text_part,
 )
-from sightsound_core.config import TeacherConfig
+from sightsound_core.config import ClientConfig, TeacherConfig
 from sightsound_core.prompts import QUESTIONS_SYSTEM, TEACHER_SYSTEM, questions_user_text, teacher_user_text
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ class OpenAITeacher:
     ``QuestionProposer``).
 
     Args:
-        settings: the shared client's settings (server, model name, key, concurrency, retries).
+        client: server, key names and client discipline (a stage's ``client``).
+        model: the served model name.
         media: ``video`` or ``frames`` (see the module docstring).
     """
 
@@ -90,14 +90,15 @@ class OpenAITeacher:
 
     def __init__(
         self,
-        settings: ClientSettings,
+        client: ClientConfig,
+        model: str,
         temperature: float = 0.7,
         top_p: float = 0.95,
         max_new_tokens: int = 256,
         media: str = "video",
     ):
-        self.settings = settings
-        self.model = settings.model
+        self.client = client
+        self.model = model
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
@@ -105,17 +106,7 @@ class OpenAITeacher:
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig) -> "OpenAITeacher":
-        settings = ClientSettings(
-            base_url=cfg.base_url,
-            model=cfg.model,
-            api_key_env=cfg.api_key_env,
-            concurrency=cfg.concurrency,
-            requests_per_minute=cfg.requests_per_minute,
-            tokens_per_minute=cfg.tokens_per_minute,
-            max_retries=cfg.max_retries,
-            timeout_s=cfg.timeout_s,
-        )
-        return cls(settings, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.media)
+        return cls(cfg.client, cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.media)
 
     def load(self) -> None:
         """Nothing to load: a client is opened per call (``run_chat``)."""
@@ -153,7 +144,7 @@ class OpenAITeacher:
             if on_result is not None:
                 on_result(i, self._result(requests[i], res, k))
 
-        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.settings, chats, done), strict=True)]
+        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.client, self.model, chats, done), strict=True)]
 
     def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
         """One question-synthesis reply per clip (JSON text, parsed by ``questions.parse_proposals``)."""
@@ -173,7 +164,7 @@ class OpenAITeacher:
             )
             for r in requests
         ]
-        return [self._result(r, res, 1) for r, res in zip(requests, run_chat(self.settings, chats), strict=True)]
+        return [self._result(r, res, 1) for r, res in zip(requests, run_chat(self.client, self.model, chats), strict=True)]
 
     @staticmethod
     def _result(req: TeacherRequest, res: ChatResult, k: int) -> TeacherResult:

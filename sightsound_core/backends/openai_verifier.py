@@ -21,12 +21,12 @@ from sightsound_core.backends.openai_client import (
     ChatClient,
     ChatRequest,
     ChatResult,
-    ClientSettings,
     audio_part,
     run_sync,
     system_message,
     user_message,
 )
+from sightsound_core.config import ClientConfig, VerifyConfig
 from sightsound_core.prompts import verifier_prompt
 from sightsound_core.verdicts import parse_verdict
 
@@ -51,16 +51,21 @@ class OpenAIVerifier:
     """Implements ``VerifierBackend``, plus ``verify_stream`` for results as they finish.
 
     Args:
-        settings: server, model, key names and client discipline.
+        client: server, key names and client discipline (a stage's ``client``).
+        model: the served model name.
         max_new_tokens: completion budget for the JSON verdict.
     """
 
     name = "openai"
 
-    def __init__(self, settings: ClientSettings, max_new_tokens: int = 256):
-        self.settings = settings
-        self.model = settings.model
+    def __init__(self, client: ClientConfig, model: str, max_new_tokens: int = 256):
+        self.client = client
+        self.model = model
         self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_config(cls, cfg: VerifyConfig) -> "OpenAIVerifier":
+        return cls(cfg.client, cfg.model, cfg.max_new_tokens)
 
     def load(self) -> None:
         """Nothing to load; the key is resolved when a client opens, at each call."""
@@ -85,8 +90,8 @@ class OpenAIVerifier:
         """One result per request, in request order; ``on_result(i, result)`` as each finishes."""
 
         async def main() -> list[VerifyResult]:
-            async with ChatClient(self.settings) as client:
-                window = asyncio.Semaphore(2 * self.settings.concurrency)
+            async with ChatClient(self.client, self.model) as client:
+                window = asyncio.Semaphore(2 * self.client.concurrency)
 
                 async def one(i: int, req: VerifyRequest) -> VerifyResult:
                     async with window:

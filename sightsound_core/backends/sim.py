@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import time
@@ -65,6 +66,7 @@ from sightsound_core.datasets.synthetic import (
     TONAL,
     object_name,
 )
+from sightsound_core.config import TeacherConfig, VerifyConfig
 from sightsound_core.prompts import teacher_user_text
 from sightsound_core.schemas import Clip
 from sightsound_core.verdicts import format_verdict, parse_verdict
@@ -320,6 +322,10 @@ class SimTeacher:
         self.temperature = float(temperature)
         self.seed = int(seed)
 
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig) -> "SimTeacher":
+        return cls(cfg.temperature, cfg.seed)
+
     def load(self) -> None:
         """Nothing to load: the simulator is pure numpy."""
 
@@ -451,6 +457,58 @@ class SimTeacher:
         pool = candidates if candidates else clip.options
         return str(pool[int(rng.integers(len(pool)))])
 
+    def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
+        """Visual-correlate questions from what it sees in the frames (implements
+        ``QuestionProposer``). Kinds, in order: which object sounds, how many sounds, which sounds
+        first (two or more objects seen), then acoustic ones (pitch, timbre of a seen object) when
+        more are asked for. The answer is what it saw (visual) or a guess (acoustic), as a
+        vision-only model's would be."""
+        results = []
+        for req in requests:
+            began = time.perf_counter()
+            digest = int.from_bytes(hashlib.sha256(req.clip.clip_id.encode()).digest()[:4], "little")
+            rng = np.random.default_rng([self.seed % (1 << 32), seed % (1 << 32), digest])
+            seen = perceive(req.frames, req.frame_times, req.clip.duration_s)
+            text = json.dumps({"questions": _sim_questions(seen, n, rng)})
+            results.append(
+                TeacherResult(req.clip.clip_id, [Generation(text, "stop", 0, len(text.split()))],
+                              time.perf_counter() - began)
+            )
+        return results
+
+
+def _sim_questions(seen: list[SeenObject], n: int, rng: np.random.Generator) -> list[dict[str, object]]:
+    if not seen:
+        return []
+    names = [o.name for o in seen]
+    absent = [object_name(c, s) for c in COLOURS for s in SHAPES if object_name(c, s) not in names]
+
+    def shuffled(options: list[str]) -> list[str]:
+        return [options[i] for i in rng.permutation(len(options))]
+
+    def fill(options: list[str]) -> list[str]:
+        extra = [str(x) for x in rng.choice(absent, size=4 - len(options), replace=False)]
+        return shuffled(options + extra)
+
+    target = seen[int(rng.integers(len(seen)))]
+    out = [
+        {"question": "Which of these objects makes a sound in the clip?", "options": fill([target.name]),
+         "answer": target.name, "family": "visual", "category": "which_object"},
+        {"question": "How many distinct sounds can be heard in the clip?",
+         "options": [str(v) for v in range(max(1, len(seen) - 1), max(1, len(seen) - 1) + 4)],
+         "answer": str(len(seen)), "family": "visual", "category": "count"},
+    ]
+    if len(seen) >= 2:
+        out.append({"question": "Which object's sound starts first?", "options": fill(names[:4]),
+                    "answer": seen[0].name, "family": "visual", "category": "first_onset"})
+    pitches = list(PITCH_BANDS)
+    out.append({"question": f"What is the pitch of the sound made by {target.name}?", "options": pitches,
+                "answer": str(rng.choice(pitches)), "family": "acoustic", "category": "pitch"})
+    timbres = [TIMBRE_TEXT[k] for k in ("tone", "chord", "noise", "chirp")]
+    out.append({"question": f"What kind of sound does {target.name} make?", "options": timbres,
+                "answer": str(rng.choice(timbres)), "family": "acoustic", "category": "timbre"})
+    return out[:n]
+
 
 # ---------------------------------------------------------------------------------------------
 # The simulated audio verifier.
@@ -461,6 +519,10 @@ class SimVerifier:
 
     name = "sim"
     model = "sim://waveform-verifier"
+
+    @classmethod
+    def from_config(cls, cfg: VerifyConfig) -> "SimVerifier":
+        return cls()
 
     def load(self) -> None:
         """Nothing to load: the simulator is numpy and scipy."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from sightsound_core.backends.base import Generation, TeacherRequest, TeacherResult
 from sightsound_core.backends.hf_teacher import questions_messages, stop_ids, teacher_messages
+from sightsound_core.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class VLLMTeacher:
         self.seed = seed
         self.llm: Any = None
         self.tokenizer: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig) -> "VLLMTeacher":
+        return cls(cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.frames.max_pixels,
+                   cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.dtype, cfg.seed)
 
     def load(self) -> None:
         if self.llm is not None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from sightsound_core.backends.base import VerifyRequest, VerifyResult
 from sightsound_core.backends.hf_verifier import SAMPLE_RATE, _resample, verifier_messages
+from sightsound_core.config import VerifyConfig
 from sightsound_core.verdicts import parse_verdict
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class VLLMVerifier:
         self._llm: Any = None
         self._processor: Any = None
         self._params: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: VerifyConfig) -> "VLLMVerifier":
+        return cls(cfg.model, cfg.max_new_tokens, cfg.batch_size, cfg.tensor_parallel_size)
 
     def load(self) -> None:
         if self._llm is not None:

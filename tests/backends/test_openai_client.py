@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sightsound_core.config import ClientConfig
 from sightsound_core.backends.openai_client import (
     ChatClient,
     ChatRequest,
-    ClientSettings,
     TokenBucket,
     audio_part,
     estimate_tokens,
@@ -25,10 +25,10 @@ from sightsound_core.backends.openai_client import (
 )
 
 
-def _settings(server, **kw) -> ClientSettings:
-    base = dict(base_url=server.url, model="fake", api_key_env=None, concurrency=8, max_retries=3,
-                timeout_s=2.0, backoff_base_s=0.01, backoff_max_s=0.05, seed=0)
-    return ClientSettings(**{**base, **kw})
+def _settings(server, **kw) -> ClientConfig:
+    base = dict(base_url=server.url, api_key_env=None, concurrency=8, max_retries=3,
+                timeout_s=2.0, backoff_base_s=0.01, backoff_max_s=0.05)
+    return ClientConfig(**{**base, **kw})
 
 
 def _request(i: int, **kw) -> ChatRequest:
@@ -37,7 +37,7 @@ def _request(i: int, **kw) -> ChatRequest:
 
 
 def test_n_choices_usage_and_request_ids(openai_server):
-    [result] = run_chat(_settings(openai_server), [_request(0, n=3, temperature=1.0)])
+    [result] = run_chat(_settings(openai_server), "fake", [_request(0, n=3, temperature=1.0)])
     assert result.ok and result.attempts == 1 and len(result.choices) == 3
     assert all(c.text.endswith(("<answer>low</answer>", "<answer>high</answer>")) for c in result.choices)
     assert result.prompt_tokens > 0 and result.completion_tokens > 0
@@ -47,7 +47,7 @@ def test_n_choices_usage_and_request_ids(openai_server):
 @pytest.mark.parametrize("fault", ["429", "500", "timeout", "malformed"])
 def test_each_fault_is_retried_then_succeeds(openai_server, fault):
     openai_server.script("item-0", [fault, fault, "ok"])
-    [result] = run_chat(_settings(openai_server, timeout_s=0.2), [_request(0)])
+    [result] = run_chat(_settings(openai_server, timeout_s=0.2), "fake", [_request(0)])
     assert result.ok and result.attempts == 3
     assert openai_server.requests["item-0"] == 3
 
@@ -55,7 +55,7 @@ def test_each_fault_is_retried_then_succeeds(openai_server, fault):
 def test_retry_after_is_honoured(openai_server):
     openai_server.configure(retry_after_s=0.4)
     openai_server.script("item-0", ["429", "ok"])
-    [result] = run_chat(_settings(openai_server), [_request(0)])
+    [result] = run_chat(_settings(openai_server), "fake", [_request(0)])
     assert result.ok and result.attempts == 2
     assert result.latency_s >= 0.4  # backoff alone would have waited at most 0.01 s
 
@@ -64,13 +64,13 @@ def test_retry_after_is_honoured(openai_server):
                                          ("malformed", "malformed")])
 def test_retries_exhausted_give_the_error_class(openai_server, fault, kind):
     openai_server.script("item-0", [fault] * 3)
-    [result] = run_chat(_settings(openai_server, max_retries=2, timeout_s=0.2), [_request(0)])
+    [result] = run_chat(_settings(openai_server, max_retries=2, timeout_s=0.2), "fake", [_request(0)])
     assert not result.ok and result.error == kind and result.attempts == 3 and not result.choices
 
 
 def test_a_bad_key_costs_one_request(openai_server):
     openai_server.configure(api_key="sk-right-key-000000")
-    results = run_chat(_settings(openai_server, concurrency=1), [_request(i) for i in range(5)],
+    results = run_chat(_settings(openai_server, concurrency=1), "fake", [_request(i) for i in range(5)],
                        api_key="sk-wrong-key-111111")
     assert [r.error for r in results] == ["http_401"] * 5
     assert openai_server.outcomes == {"401": 1}
@@ -79,14 +79,14 @@ def test_a_bad_key_costs_one_request(openai_server):
 
 def test_concurrency_is_bounded(openai_server):
     openai_server.configure(latency_s=0.05)
-    results = run_chat(_settings(openai_server, concurrency=5), [_request(i) for i in range(40)])
+    results = run_chat(_settings(openai_server, concurrency=5), "fake", [_request(i) for i in range(40)])
     assert all(r.ok for r in results)
     assert openai_server.max_in_flight == 5
 
 
 def test_requests_per_minute_limit(openai_server):
     began = time.monotonic()
-    results = run_chat(_settings(openai_server, requests_per_minute=1200), [_request(i) for i in range(40)])
+    results = run_chat(_settings(openai_server, requests_per_minute=1200), "fake", [_request(i) for i in range(40)])
     # 20 requests a second with a one-second burst: the last 20 wait about a second.
     assert all(r.ok for r in results) and time.monotonic() - began >= 0.9
 
@@ -96,7 +96,7 @@ def test_tokens_per_minute_limit(openai_server):
     per_request = estimate_tokens(requests[0])
     began = time.monotonic()
     # A burst of 4 requests' tokens a second, refunded down to what each actually used.
-    run_chat(_settings(openai_server, tokens_per_minute=per_request * 4 * 60), requests)
+    run_chat(_settings(openai_server, tokens_per_minute=per_request * 4 * 60), "fake", requests)
     assert time.monotonic() - began >= 0.3
 
 
@@ -113,7 +113,7 @@ def test_token_bucket_lets_an_oversized_request_through():
 
 def test_run_chat_works_inside_a_running_loop(openai_server):
     async def main():
-        return run_chat(_settings(openai_server), [_request(0)])
+        return run_chat(_settings(openai_server), "fake", [_request(0)])
 
     [result] = asyncio.run(main())
     assert result.ok
@@ -123,7 +123,7 @@ def test_async_client_streams_results(openai_server):
     seen = []
 
     async def main():
-        async with ChatClient(_settings(openai_server)) as client:
+        async with ChatClient(_settings(openai_server), "fake") as client:
             return await client.chat_many([_request(i) for i in range(10)], lambda i, r: seen.append(i))
 
     results = asyncio.run(main())

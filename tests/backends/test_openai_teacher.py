@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from sightsound_core.answers import parse_response
-from sightsound_core.backends.base import TeacherBackend, TeacherRequest
-from sightsound_core.backends.openai_client import ChatChoice, ChatResult, ClientSettings
+from sightsound_core.backends.base import QuestionProposer, TeacherBackend, TeacherRequest
+from sightsound_core.backends.openai_client import ChatChoice, ChatResult
 from sightsound_core.backends.openai_teacher import OpenAITeacher, media_parts
-from sightsound_core.config import PipelineConfig, SyntheticConfig
+from sightsound_core.config import ClientConfig, PipelineConfig, SyntheticConfig
 from sightsound_core.datasets.synthetic import synthesize
 from sightsound_core.media.decode import sample_times
-from sightsound_core.questions import QuestionProposer, synthesize_questions
+from sightsound_core.questions import synthesize_questions
 from sightsound_core.schemas import Quarantine, TeacherSample
 from sightsound_core.stage import read_all
 
@@ -38,8 +38,8 @@ def requests():
 
 
 def _teacher(server, media="frames", **settings) -> OpenAITeacher:
-    fast = dict(backoff_base_s=0.01, backoff_max_s=0.05, seed=0, timeout_s=2.0, concurrency=4)
-    return OpenAITeacher(ClientSettings(base_url=server.url, model="fake", api_key_env=None, **{**fast, **settings}),
+    fast = dict(backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=2.0, concurrency=4)
+    return OpenAITeacher(ClientConfig(base_url=server.url, api_key_env=None, **{**fast, **settings}), "fake",
                          max_new_tokens=64, media=media)
 
 

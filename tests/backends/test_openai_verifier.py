@@ -13,9 +13,8 @@ import soundfile as sf
 
 from fakes.openai_server import UNHEARD, default_responder
 from sightsound_core.backends.base import VerifierBackend, VerifyRequest
-from sightsound_core.backends.openai_client import ClientSettings
 from sightsound_core.backends.openai_verifier import OpenAIVerifier
-from sightsound_core.config import VerifyConfig
+from sightsound_core.config import ClientConfig, VerifyConfig
 from sightsound_core.prompts import verifier_prompt
 from sightsound_core.schemas import Clip
 from sightsound_core.verify import make_verifier
@@ -35,9 +34,9 @@ def _clip(question: str = "Is it low or high?") -> Clip:
 
 
 def _verifier(server, **kw) -> OpenAIVerifier:
-    settings = ClientSettings(base_url=server.url, model="fake-audio", api_key_env=None, concurrency=4,
-                              max_retries=2, timeout_s=1.0, backoff_base_s=0.01, backoff_max_s=0.02)
-    return OpenAIVerifier(settings, **kw)
+    client = ClientConfig(base_url=server.url, api_key_env=None, concurrency=4,
+                          max_retries=2, timeout_s=1.0, backoff_base_s=0.01, backoff_max_s=0.02)
+    return OpenAIVerifier(client, "fake-audio", **kw)
 
 
 def test_openai_verifier_sends_audio_and_parses_the_verdict(openai_server):
@@ -105,7 +104,7 @@ def test_the_trace_cannot_close_its_fence(injection):
 def test_make_verifier_dispatches_on_backend(monkeypatch):
     assert make_verifier(VerifyConfig()).name == "sim"
     openai = make_verifier(VerifyConfig(backend="openai", model="gpt-4o-audio-preview"))
-    assert (openai.name, openai.model, openai.settings.api_key_env) == ("openai", "gpt-4o-audio-preview", "OPENAI_API_KEY")
+    assert (openai.name, openai.model, openai.client.api_key_env) == ("openai", "gpt-4o-audio-preview", "OPENAI_API_KEY")
     from sightsound_core.backends.vllm_verifier import VLLMVerifier
 
     monkeypatch.setattr(VLLMVerifier, "load", lambda self: None)

@@ -23,7 +23,7 @@ Replies come from ``responder(body, choice_index) -> str``; the default answers 
 choosing one of the listed options, and anything else with ``"ok"``.
 
     with FakeOpenAIServer(latency_s=0.01, p429=0.1, seed=0) as server:
-        ClientSettings(base_url=server.url, model="fake", api_key_env=None)
+        ClientConfig(base_url=server.url, api_key_env=None)
 
 The ``openai_server`` pytest fixture (``tests/conftest.py``) yields a started server and stops it.
 """
