@@ -603,6 +603,13 @@ class EvaluateConfig(StageConfig):
         description="Each model also answers every item with its audio replaced by silence of the "
         "same length (the silent-audio probe): accuracy with silence beside accuracy with audio.",
     )
+    judge: bool = Field(
+        True,
+        description="On benchmarks of real clips, the run's verifier (verify.backend) hears each "
+        "answer that reasons (a non-empty <think>) and accepts or rejects it, as it does a teacher "
+        "trace: the student hallucination rate there, per answer. Synthetic items are checked claim "
+        "by claim by the waveform analysis instead.",
+    )
     batch_size: int = runtime(64, ge=1, description="Items per generate call.")
 
     @field_validator("benchmarks")

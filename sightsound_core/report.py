@@ -218,11 +218,14 @@ def hall(entry: dict[str, Any] | None) -> str:
 
     >>> hall({"hallucination": {"claims": 10, "contradicted": 2, "rate": 0.2, "ci_low": 0.05, "ci_high": 0.5}})
     '20.0 [5.0, 50.0] of 10'
+    >>> hall({"hallucination": {"claims": 4, "rate": 0.25, "ci_low": 0.05, "ci_high": 0.7, "unit": "answers"}})
+    '25.0 [5.0, 70.0] of 4 answers'
     """
     h = (entry or {}).get("hallucination") or {}
     if not h.get("claims"):
         return "–"
-    return f"{100 * h['rate']:.1f} [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] of {h['claims']}"
+    unit = " answers" if h.get("unit") == "answers" else ""
+    return f"{100 * h['rate']:.1f} [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] of {h['claims']}{unit}"
 
 
 def miniature_benchmark(evaluation: dict[str, Any]) -> str | None:
@@ -404,6 +407,25 @@ def example_tables(data: dict[str, Any], bench: str) -> list[Table]:
     return tables
 
 
+def judged_table(evaluation: dict[str, Any], models: list[str]) -> Table | None:
+    """Per model and real benchmark, the verifier-judged hallucination rate; None when no
+    benchmark's answers were judged (every benchmark synthetic, or ``evaluate.judge`` off)."""
+    accuracy = evaluation.get("accuracy", {})
+    names = [b for b in evaluation.get("benchmarks", {})
+             if any(((accuracy.get(t, {}).get(b) or {}).get("hallucination") or {}).get("unit") == "answers"
+                    for t in models)]
+    if not names:
+        return None
+
+    def judged(entry: dict[str, Any] | None) -> str:
+        h = (entry or {}).get("hallucination") or {}
+        apart = h.get("not_judged") or 0
+        return hall(entry) + (f" ({apart} not judged)" if apart else "")
+
+    rows = [[MODEL_NAMES.get(t, t), *[judged(accuracy.get(t, {}).get(b)) for b in names]] for t in models]
+    return Table("hallucination-judged", ["model", *names], rows)
+
+
 # -- sections -------------------------------------------------------------------------------------
 def build_sections(data: dict[str, Any]) -> list[Section]:
     evaluation = data["evaluation"]
@@ -423,13 +445,17 @@ def build_sections(data: dict[str, Any]) -> list[Section]:
             for tag in models
         ],
     )
+    judged = judged_table(evaluation, models)
     sections.append(Section(
         "Results",
         ["Accuracy in percent [95% Wilson interval], every model the run produced on every "
          "configured benchmark, on the text each benchmark's answer rule picks (see Benchmarks). "
          "MMAU: official string match, 'avg' is the official total over all items. Synthetic: per "
-         "question family (evidence tier) and all."],
-        [results],
+         "question family (evidence tier) and all."]
+        + (["Student hallucination on real clips: the share of reasoned answers (a non-empty "
+            "<think>) that the run's verifier, hearing the clip, rejected [95% interval], of N "
+            "answers it judged; answers it could not judge are counted apart."] if judged else []),
+        [results] + ([judged] if judged else []),
         ["accuracy"],
     ))
 

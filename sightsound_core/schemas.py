@@ -316,9 +316,13 @@ class Prediction(Record):
         label: the correct option.
         correct: scored by the benchmark's own rule.
         family, category: for per-category accuracy.
-        claims: sound claims in ``raw`` that can be checked against the audio (synthetic items:
-            the verifier's claim language; 0 elsewhere).
-        contradicted: how many of those the waveform analysis does not support.
+        claims: sound claims in ``raw`` that can be checked against the audio. Synthetic items:
+            the verifier's claim language, each checked by the waveform analysis. Real items: 1
+            when the run's verifier judged the answer's reasoning (``evaluation/judge.py``), else 0.
+        contradicted: how many of those the audio does not support (real items: 1 when the
+            verifier rejected the reasoning).
+        judge: the verifier's status on a real item's reasoning (accepted, rejected, unparseable,
+            error); empty when it was not judged.
     """
 
     model_tag: str
@@ -332,6 +336,7 @@ class Prediction(Record):
     category: str
     claims: int = 0
     contradicted: int = 0
+    judge: str = ""
 
     SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -346,6 +351,7 @@ class Prediction(Record):
             ("category", pa.string()),
             ("claims", pa.int64()),
             ("contradicted", pa.int64()),
+            ("judge", pa.string()),
         ]
     )
 

@@ -35,9 +35,11 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from sightsound_core.backends.registry import make_verifier
 from sightsound_core.claims import claim_support
 from sightsound_core.config import BenchmarkConfig, PipelineConfig
 from sightsound_core.evaluation.inference import generate_answers, load_generator, silenced
+from sightsound_core.evaluation.judge import judge_predictions
 from sightsound_core.evaluation.mmau import official_breakdown, prediction_json, prediction_record
 from sightsound_core.evaluation.scoring import accuracy, score
 from sightsound_core.schemas import Clip, Prediction, Quarantine
@@ -77,7 +79,15 @@ def plan_evaluate(
     # of overwriting the results of the old one.
     upstream = [f"{name}={ref.stage_hash}" for name, ref in sorted(benchmarks.items())]
     upstream += [f"model:{tag}={models[tag][1]}" for tag in cfg.evaluate.models if tag in models]
+    if judges(cfg):
+        # The judge's verdicts are results: another verifier moves evaluation to a new directory.
+        upstream.append(f"judge={cfg.verify.content_hash()}")
     return plan_sources(store, cfg.run, STAGE, cfg.evaluate, sources, upstream)
+
+
+def judges(cfg: PipelineConfig) -> bool:
+    """Whether the run's verifier judges answers: ``evaluate.judge`` on and a benchmark of real clips."""
+    return cfg.evaluate.judge and any(b.ingest.dataset != "synthetic" for b in cfg.evaluate.benchmarks)
 
 
 def _annotations(ref: StageRef) -> list[str]:
@@ -154,6 +164,8 @@ def evaluate_shard(
     load_audio = audio_loader(store)
     texts = generate_answers(model, clips, load_audio, cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens)
     rows = score_all(tag, bench, clips, texts, load_audio)
+    if cfg.evaluate.judge and any(c.source != "synthetic" for c in clips):
+        rows = judge_predictions(make_verifier(cfg.verify), clips, rows, load_audio)
     # -- the silent-audio probe: the same items and batches, zeros for audio, in a file of its own
     if cfg.evaluate.silent_probe:
         silent = generate_answers(model, clips, silenced(load_audio), cfg.evaluate.batch_size,
@@ -229,13 +241,25 @@ def hallucination_rate(predictions: list[Prediction]) -> dict[str, Any]:
 
     >>> p = Prediction("m", "b", "c", "", None, "a", False, "f", "k", claims=4, contradicted=1)
     >>> r = hallucination_rate([p, p])
-    >>> (r["claims"], r["contradicted"], r["rate"], r["answers_with_claims"])
-    (8, 2, 0.25, 2)
+    >>> (r["claims"], r["contradicted"], r["rate"], r["answers_with_claims"], r["unit"])
+    (8, 2, 0.25, 2, 'claims')
+
+    On real items the run's verifier judged whole answers (``evaluation/judge.py``): the unit is
+    the answer, and answers the judge could not judge are counted apart.
+
+    >>> j = [Prediction("m", "b", c, "", None, "a", False, "f", "k", claims=n, contradicted=d, judge=s)
+    ...      for c, n, d, s in [("1", 1, 1, "rejected"), ("2", 1, 0, "accepted"), ("3", 0, 0, "error")]]
+    >>> r = hallucination_rate(j)
+    >>> (r["claims"], r["rate"], r["unit"], r["not_judged"])
+    (2, 0.5, 'answers', 1)
     """
     claims = sum(p.claims for p in predictions)
     contradicted = sum(p.contradicted for p in predictions)
     stats = accuracy([True] * contradicted + [False] * (claims - contradicted))
+    judged = [p for p in predictions if p.judge]
     return {
+        "unit": "answers" if judged else "claims",
+        "not_judged": sum(p.judge not in ("accepted", "rejected") for p in judged),
         "claims": claims,
         "contradicted": contradicted,
         "rate": stats["accuracy"] if claims else None,

@@ -13,6 +13,7 @@ from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.evaluation.mmau import official_breakdown
 from sightsound_core.evaluation.run import run_evaluate, silence_file_uri
 from sightsound_core.pipeline import benchmark_stage, open_store
+from sightsound_core.backends.base import VerifyResult
 from sightsound_core.schemas import Clip, Prediction
 from sightsound_core.stage import read_all
 
@@ -42,6 +43,22 @@ class HearsSilence:
         return [[SILENT if not np.any(w) else _answer(q, list(o))] for w, q, o in items]
 
 
+class Judge:
+    """A stand-in for the run's verifier as judge: rejects reasoning that mentions a door, keeps
+    every request; 'Plucked' reasoning makes it fail to judge (an unparseable reply)."""
+
+    name = "judge"
+    model = "fake"
+
+    def __init__(self):
+        self.requests = []
+
+    def verify(self, requests):
+        self.requests += requests
+        return [VerifyResult("unparseable" if "Plucked" in r.trace else "rejected" if "door" in r.trace
+                             else "accepted", [], "", "") for r in requests]
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
@@ -68,9 +85,12 @@ def evaluated(tmp_path_factory):
     fake = HearsSilence()
     patch = pytest.MonkeyPatch()
     patch.setattr(run_module, "load_generator", lambda backend, path, device: fake)
+    judge = Judge()
+    patch.setattr(run_module, "make_verifier", lambda verify: judge)
     ref = run_evaluate(cfg, store, models, benchmarks)
     patch.undo()
     clips = {name: Clip.from_table(read_all(store, b)) for name, b in benchmarks.items()}
+    fake.judge = judge
     return cfg, store, ref, clips, fake
 
 
@@ -275,3 +295,50 @@ def test_the_summary_counts_the_file_items_ingest_could_not_use(tmp_path):
     ref, _ = _evaluate_mmau(tmp_path, root, "v-test", lambda q, options: "<answer>x</answer>")
     info = ref.manifest["summary"]["benchmarks"]["mmau"]
     assert (info["file_items"], info["items"]) == (6, 5)
+
+
+def test_the_verifier_judges_reasoned_answers_on_real_clips_only(evaluated):
+    cfg, store, ref, clips, fake = evaluated
+    judge = fake.judge
+    mmau = {c.clip_id: c for c in clips["mmau-mini"]}
+    reasoned = [c for c in clips["mmau-mini"] if "<think>" in _answer(c.question, list(c.options))
+                and _answer(c.question, list(c.options)).split("<think>")[1].split("</think>")[0].strip()]
+    # One request per reasoned MMAU answer per model; no synthetic item is ever sent.
+    assert len(judge.requests) == 3 * len(reasoned) > 0
+    assert all(r.clip.clip_id in mmau for r in judge.requests)
+    # The judge hears each item's own audio and reads that item's own answer.
+    for r in judge.requests:
+        assert r.trace == _answer(r.clip.question, list(r.clip.options))
+        assert r.audio.ndim == 1 and r.audio.size > 0
+    rows = Prediction.from_table(read_all(store, ref))
+    for p in rows:
+        text = _answer(mmau[p.clip_id].question, list(mmau[p.clip_id].options)) if p.clip_id in mmau else None
+        if text is None or "<think>" not in text:
+            assert (p.judge, p.claims, p.contradicted) == ("", 0, 0) or p.clip_id not in mmau
+        elif "Plucked" in text:
+            assert (p.judge, p.claims, p.contradicted) == ("unparseable", 0, 0)
+        else:
+            door = "door" in text.split("</think>")[0]
+            assert (p.judge, p.claims, p.contradicted) == ("rejected" if door else "accepted", 1, int(door))
+
+
+def test_the_judged_rate_is_per_answer_in_the_summary(evaluated):
+    cfg, store, ref, clips, fake = evaluated
+    rows = [p for p in Prediction.from_table(read_all(store, ref)) if p.model_tag == "cot" and p.benchmark == "mmau-mini"]
+    h = ref.manifest["summary"]["accuracy"]["cot"]["mmau-mini"]["hallucination"]
+    judged = [p for p in rows if p.judge in ("accepted", "rejected")]
+    assert h["unit"] == "answers" and h["claims"] == len(judged) > 0
+    assert h["contradicted"] == sum(p.judge == "rejected" for p in rows) > 0
+    assert h["not_judged"] == sum(p.judge == "unparseable" for p in rows) > 0
+    synthetic = ref.manifest["summary"]["accuracy"]["cot"]["synthetic"]["hallucination"]
+    assert synthetic["unit"] == "claims"
+
+
+def test_judge_off_or_synthetic_only_sends_nothing(tmp_path):
+    from sightsound_core.evaluation.run import judges
+
+    real = {"name": "m", "scorer": "mmau", "annotation_version": "v", "ingest": {"dataset": "mmau", "path": str(tmp_path)}}
+    synthetic = {"name": "s", "ingest": {"synthetic": {"n_clips": 4}}}
+    assert judges(PipelineConfig(run="t", evaluate={"benchmarks": [real, synthetic]}))
+    assert not judges(PipelineConfig(run="t", evaluate={"benchmarks": [synthetic]}))
+    assert not judges(PipelineConfig(run="t", evaluate={"judge": False, "benchmarks": [real]}))
