@@ -138,6 +138,7 @@ def run(
     Committed work is reused: running again recomputes nothing that is already done.
     """
     from sightsound_core.config import DEFAULT_RECIPE
+    from sightsound_core.dag import stages
     from sightsound_core.pipeline import open_store
     from sightsound_core.status import run_status
 
@@ -152,7 +153,7 @@ def run(
 
     status_cmd = _command("status", cfg.run, recipe, _store_sets(set_))
     resume_cmd = _command("resume", cfg.run, recipe, _run_sets(set_))
-    n_stages = 9 + len(cfg.evaluate.benchmarks) - (0 if cfg.grpo.enabled else 1)
+    n_stages = len(stages(cfg))
     started = time.perf_counter()
     failure: Exception | None = None
     with Progress(
