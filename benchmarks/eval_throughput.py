@@ -20,9 +20,10 @@ import tempfile
 import time
 
 from sightsound_core.config import DEFAULT_RECIPE, load_config
+from sightsound_core.dag import benchmark_stage
 from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.evaluation.run import run_evaluate
-from sightsound_core.pipeline import benchmark_stage, open_store
+from sightsound_core.pipeline import open_store
 from sightsound_core.tiny import resolve_model
 
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sightsound_core.config import DEFAULT_RECIPE, load_config  # noqa: E402
+from sightsound_core.dag import SPECS, gather  # noqa: E402
 from sightsound_core.pipeline import open_store, run_pipeline  # noqa: E402
 from sightsound_core.report import (  # noqa: E402
     miniature_benchmark,
@@ -52,7 +53,7 @@ def run_seed(recipe: Path, seed: int, root: str, overrides: dict, held_out: int 
     cfg = load_config(recipe, {**sets, "evaluate.benchmarks": benchmarks}, environ={})
     began = time.perf_counter()
     refs = run_pipeline(cfg)
-    inputs = {k: refs[k] for k in ("corpus", "sft", "grpo", "evaluate") if k in refs}
+    inputs = gather(SPECS["report"], refs)  # what the report stage read
     data = report_data(open_store(cfg), cfg.run, inputs)
     evaluation = data["evaluation"]
     bench = miniature_benchmark(evaluation)

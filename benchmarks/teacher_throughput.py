@@ -7,7 +7,7 @@ language-model weight once (input embeddings excluded: a step reads N rows of th
 takes at least ``weight_bytes / copy_bandwidth``, where the bandwidth is measured here with a
 device-to-device copy (bytes read + written per second). At N = clips*K rows per step, the bound
 is ``N / step_bound`` tokens/s. Goal (issue 5): the shared-prefill path at >= 35% of it; stock
-measured 14% (NOTES).
+measured 14% (docs/ARCHITECTURE.md, "Measured baselines").
 
     python benchmarks/teacher_throughput.py                 # GPU: 7B shape, compiled decode
     python benchmarks/teacher_throughput.py --smoke         # CPU: the tiny model, seconds

@@ -1,7 +1,7 @@
 """Student training throughput: the product's SFT path vs a plain transformers training step.
 
 Goal (issue): Qwen2-Audio-7B-shaped LoRA SFT (r=8 on the language model only) at >= 45% MFU on
-one H100; a plain training step measured 25.7% at batch 4 (NOTES, "GPU baselines"). Both paths run
+one H100; a plain training step measured 25.7% at batch 4 (docs/ARCHITECTURE.md, "Measured baselines"). Both paths run
 in the same process on the same random bf16 weights, batch for batch:
 
 - ``ours``: exactly what ``train_sft`` runs, the TRL ``SFTTrainer`` from ``build_sft_trainer``
@@ -12,7 +12,7 @@ in the same process on the same random bf16 weights, batch for batch:
   prefetch, no gradient checkpointing. Same LoRA (``apply_lora``), same bf16 autocast as the
   Trainer's ``bf16=True``, so the ratio measures the loop, not the numerics.
 
-Sequences are 750 audio + 250 text tokens, as in the NOTES baseline. transformers' Qwen2-Audio
+Sequences are 750 audio + 250 text tokens, as in that baseline. transformers' Qwen2-Audio
 gives a clip 25 audio tokens a second up to the 30 s window (10 s: 250, 30 s: 750) and its encoder
 always runs the full padded 30 s window, so ``--audio-seconds`` defaults to 30: same encoder cost as
 any clip, 750 audio tokens. Completions are sized so each sequence has ``--text-tokens`` text
@@ -22,7 +22,7 @@ text (``text_tokens_per_seq``).
 
 MFU = 4·N·T / (step_s · 989e12): N the language model's parameters (input embeddings, decoder
 layers, final norm, LM head: everything but the audio encoder and projector; 7.75e9 here, which
-puts the NOTES figure of 8,132 tok/s at 25.5%), T the batch's tokens (audio + text, padding
+puts the baseline's 8,132 tok/s at 25.5%), T the batch's tokens (audio + text, padding
 excluded). 4·N·T is the frozen-base rule: forward 2·N·T, backward through activations 2·N·T, no
 weight gradients. 989e12 is H100 SXM dense bf16. A step is timed end to end, from one step's end
 to the next (CUDA synchronized), so data loading, the optimizer and logging all count; ``compute_s``

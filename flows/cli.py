@@ -125,6 +125,13 @@ def _next_steps(rows: list[dict], run_name: str, recipe: Optional[Path], sets: l
     return lines
 
 
+def stage_count(cfg) -> int:
+    """The stages a run of ``cfg`` commits: the progress bar's total."""
+    from sightsound_core.dag import stages
+
+    return len(stages(cfg))
+
+
 @app.command()
 def run(
     recipe: Optional[Path] = typer.Argument(
@@ -152,7 +159,7 @@ def run(
 
     status_cmd = _command("status", cfg.run, recipe, _store_sets(set_))
     resume_cmd = _command("resume", cfg.run, recipe, _run_sets(set_))
-    n_stages = 9 + len(cfg.evaluate.benchmarks) - (0 if cfg.grpo.enabled else 1)
+    n_stages = stage_count(cfg)
     started = time.perf_counter()
     failure: Exception | None = None
     with Progress(

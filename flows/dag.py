@@ -1,7 +1,9 @@
 """The SightSound-R1 DAG as Prefect flows: distill -> train -> evaluate, and ``pipeline`` over them.
 
-Every stage is planned by the core (which shards, under which content hash), its shards run as
-mapped tasks, and its manifest is committed last by a final task. Flow bodies read like the DAG.
+The stages, their order and how each is planned and run are the core's ``sightsound_core.dag``
+(written once, also walked by the plain loop); each flow here walks its own part of it. A stage
+is planned by the core (which shards, under which content hash), its shards run as mapped tasks,
+and its manifest is committed last by a final task.
 The training and evaluation flows run in place by default, or are dispatched to a GPU work pool
 with ``run_deployment`` when the recipe names a deployment (``orchestration.dispatch_*``); the
 dispatching flow then finds every shard committed and reuses them.
@@ -16,29 +18,11 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sightsound_core.config import DEFAULT_RECIPE, PipelineConfig, load_config
-from sightsound_core.corpus import corpus_work, plan_corpus
-from sightsound_core.datasets.ingest import ingest_shard, plan_ingest
-from sightsound_core.evaluation.run import evaluate_shard, evaluation_summary, plan_evaluate
-from sightsound_core.pipeline import benchmark_stage, needs_question_stage, open_store
-from sightsound_core.questions import plan_questions, questions_shard
-from sightsound_core.report import (
-    artifact_key,
-    plan_report,
-    report_artifacts,
-    report_shard,
-    report_uris,
-)
+from sightsound_core.dag import Inputs, Stage, prepare, walk
+from sightsound_core.pipeline import open_store
+from sightsound_core.report import artifact_key, report_artifacts, report_uris
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, run_shard
 from sightsound_core.storage import ObjectStore
-from sightsound_core.teacher import (
-    plan_teacher,
-    plan_vote,
-    teacher_shard,
-    vote_shard,
-    vote_stage_summary,
-)
-from sightsound_core.training.stages import grpo_shard, model_paths, plan_grpo, plan_sft, sft_shard
-from sightsound_core.verify import plan_verify, reopen, verify_job, verify_summary
 from tasks.stages import GPU_STAGES, commit_task, result_storage, shard_task
 
 log = logging.getLogger(__name__)
@@ -87,6 +71,19 @@ def run_stage(
     return ref
 
 
+def execute_stage(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Inputs) -> StageRef:
+    """The Prefect executor of a stage spec: plan it (reopening it first when committed shards
+    are repaired in place, as verify's failed requests are), then ``run_stage``."""
+    prepared = prepare(stage, cfg, store, inputs)
+    return run_stage(cfg, prepared.plan, store, work=prepared.work, summary=prepared.summary,
+                     refresh=prepared.repair)
+
+
+def _walk(cfg: PipelineConfig, flow_name: str, done: dict[str, StageRef]) -> dict[str, StageRef]:
+    """This flow's stages of the DAG, as tasks."""
+    return walk(cfg, open_store(cfg), execute_stage, flow=flow_name, done=done)
+
+
 def _distill(cfg: PipelineConfig) -> dict[str, StageRef]:
     """The distill flow with the recipe's cap on concurrent shard tasks."""
     runner = ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers)
@@ -95,65 +92,26 @@ def _distill(cfg: PipelineConfig) -> dict[str, StageRef]:
 
 @flow(name="distill")
 def distill(cfg: PipelineConfig) -> dict[str, StageRef]:
-    """ingest -> teacher (K samples) -> vote -> verify (AGFV)."""
-    store = open_store(cfg)
-    clips = run_stage(cfg, plan_ingest(cfg.ingest, store, cfg.run), store,
-                      lambda job: ingest_shard(cfg.ingest, store, job))
-    if needs_question_stage(cfg):
-        clips = run_stage(cfg, plan_questions(cfg.teacher, store, cfg.run, clips), store,
-                          lambda job: questions_shard(cfg.teacher, store, job))
-    samples = run_stage(cfg, plan_teacher(cfg.teacher, store, cfg.run, clips), store,
-                        lambda job: teacher_shard(cfg.teacher, store, job))
-    vote_plan = plan_vote(cfg.vote, store, cfg.run, clips, samples)
-    votes = run_stage(cfg, vote_plan, store, lambda job: vote_shard(cfg.vote, store, job),
-                      summary=lambda: vote_stage_summary(store, vote_plan))
-    # Committed verify shards with error rows (API failures) are repaired in place: only those
-    # rows are asked again, so nothing settled is billed twice.
-    verify_plan = plan_verify(cfg.verify, store, cfg.run, clips, samples, votes)
-    repair = set(reopen(store, verify_plan))
-    verdicts = run_stage(cfg, verify_plan, store, work=lambda job: verify_job(cfg.verify, store, job),
-                         summary=lambda: verify_summary(store, verify_plan), refresh=repair)
-    return {"clips": clips, "samples": samples, "votes": votes, "verdicts": verdicts}
+    """ingest -> (questions, for a video folder) -> teacher (K samples) -> vote -> verify (AGFV).
+
+    Committed verify shards with error rows (API failures) are repaired in place: only those
+    rows are asked again, so nothing settled is billed twice.
+    """
+    return _walk(cfg, "distill", {})
 
 
 @flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True)
 def train(cfg: PipelineConfig, distilled: dict[str, StageRef]) -> dict[str, StageRef]:
     """corpus -> SFT (LoRA) -> GRPO."""
-    store = open_store(cfg)
-    compute, summary = corpus_work(cfg, store, distilled)
-    corpus = run_stage(cfg, plan_corpus(cfg, store, distilled), store, compute, summary)
-    sft = run_stage(cfg, plan_sft(cfg, store, corpus), store,
-                    lambda job: sft_shard(cfg, store, job, corpus))
-    out = {"corpus": corpus, "sft": sft}
-    if cfg.grpo.enabled:
-        out["grpo"] = run_stage(cfg, plan_grpo(cfg, store, corpus, sft), store,
-                                lambda job: grpo_shard(cfg, store, job, corpus, sft))
-    return out
+    return _walk(cfg, "train", distilled)
 
 
 @flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=True)
 def evaluate(cfg: PipelineConfig, trained: dict[str, StageRef]) -> dict[str, StageRef]:
     """benchmarks -> every model on every benchmark -> report (also as Prefect artifacts)."""
-    store = open_store(cfg)
-    benchmarks = {}
-    for bench in cfg.evaluate.benchmarks:
-        name = benchmark_stage(bench.name)
-        benchmarks[bench.name] = run_stage(
-            cfg, plan_ingest(bench.ingest, store, cfg.run, name), store,
-            lambda job, b=bench: ingest_shard(b.ingest, store, job),
-        )
-    models = model_paths(cfg, store, trained["sft"], trained.get("grpo"))
-    plan = plan_evaluate(cfg, store, models, benchmarks)
-    evaluation = run_stage(
-        cfg, plan, store,
-        lambda job: evaluate_shard(cfg, store, job, models, benchmarks),
-        summary=lambda: evaluation_summary(store, plan, benchmarks),
-    )
-    inputs = {**trained, "evaluate": evaluation}
-    report = run_stage(cfg, plan_report(store, cfg.run, inputs), store,
-                       lambda job: report_shard(store, job, cfg.run, inputs))
-    publish_report(store, report)
-    return {"evaluate": evaluation, "report": report}
+    evaluated = _walk(cfg, "evaluate", trained)
+    publish_report(open_store(cfg), evaluated["report"])
+    return {"evaluate": evaluated["evaluate"], "report": evaluated["report"]}
 
 
 def publish_report(store: ObjectStore, report: StageRef) -> None:

@@ -1,10 +1,10 @@
 """Capacity planning: GPU-hours, API calls, cost and wall time of a run before it starts.
 
 A roofline estimate from first principles, with efficiency factors that default to what was
-measured on an H100 here (shared NOTES.md): decode is bound by reading the weights once per step
-(``decode_efficiency`` of that bound is reached), prefill and training by FLOPs (``mfu`` of peak).
-Training FLOPs follow NOTES.md: 4·N per token for a frozen base with LoRA (forward + input
-gradients), 6·N for full fine-tuning; a reference-model forward adds 2·N.
+measured on an H100 here (docs/ARCHITECTURE.md, "Measured baselines"): decode is bound by reading
+the weights once per step (``decode_efficiency`` of that bound is reached), prefill and training
+by FLOPs (``mfu`` of peak). Training FLOPs count 4·N per token for a frozen base with LoRA
+(forward + input gradients), 6·N for full fine-tuning; a reference-model forward adds 2·N.
 
 ``plan_recipe`` fills the inputs from a recipe and, for a folder corpus, from the corpus itself:
 it lists the folder and probes a sample of its videos to count windows (``survey_corpus``).

@@ -1,4 +1,4 @@
-"""The resumability contract every stage follows (DESIGN.md).
+"""The resumability contract every stage follows (docs/ARCHITECTURE.md, "The stage contract").
 
 A stage's output directory is ``{root}/{run}/{stage}/{stage_hash}/``. ``stage_hash`` covers the
 stage's result-changing config, the hashes of the stages it reads, and the code version, so a

@@ -20,25 +20,12 @@ import socket
 from collections import Counter
 from typing import Any, Callable, TypeVar
 
+from sightsound_core.dag import ORDER, kind_of, upstream_of
 from sightsound_core.schemas import Quarantine
 from sightsound_core.stage import PARTS_DIR, read_index, read_repair
 from sightsound_core.storage import MANIFEST, ObjectStore, join
 
 T = TypeVar("T")
-ORDER = ("ingest", "questions", "teacher", "vote", "verify", "corpus", "sft", "grpo", "evaluate", "report")
-# The stages each stage reads (the DAG of ``pipeline.run_pipeline``); benchmark ingests
-# (``bench-*``) feed ``evaluate``.
-UPSTREAM = {
-    "questions": ("ingest",),
-    "teacher": ("ingest", "questions"),
-    "vote": ("teacher",),
-    "verify": ("vote",),
-    "corpus": ("verify",),
-    "sft": ("corpus",),
-    "grpo": ("sft",),
-    "evaluate": ("sft", "grpo"),
-    "report": ("evaluate",),
-}
 
 
 def downstream(stage: str, present: list[str]) -> list[str]:
@@ -49,19 +36,14 @@ def downstream(stage: str, present: list[str]) -> list[str]:
     """
     out: list[str] = []
     for name in sorted(present, key=_order):
-        if any(up == stage or up in out for up in _upstream(name, present)):
+        if any(up == stage or up in out for up in upstream_of(name, present)):
             out.append(name)
     return out
 
 
-def _upstream(stage: str, present: list[str]) -> tuple[str, ...]:
-    if stage == "evaluate":
-        return UPSTREAM["evaluate"] + tuple(s for s in present if s.startswith("bench-"))
-    return UPSTREAM.get(stage, ())
-
-
-def _order(stage: str) -> tuple[float, str]:
-    return (ORDER.index(stage) if stage in ORDER else ORDER.index("evaluate") - 0.5, stage)
+def _order(stage: str) -> tuple[int, str]:
+    kind = kind_of(stage)
+    return (ORDER.index(kind) if kind in ORDER else len(ORDER), stage)
 
 
 def _alive(repair: dict[str, Any]) -> bool | None:
@@ -129,7 +111,7 @@ def run_status(store: ObjectStore, run: str) -> list[dict[str, Any]]:
     # Stale: a stage read something committed after it, or something not committed now.
     by_stage = {r["stage"]: r for r in rows}
     for r in rows:
-        ups = [by_stage[u] for u in _upstream(r["stage"], list(by_stage)) if u in by_stage]
+        ups = [by_stage[u] for u in upstream_of(r["stage"], list(by_stage))]
         r["stale"] = r["state"] == "done" and any(
             u["stale"] or u["state"] != "done" or (u["committed_at"] or "") > (r["committed_at"] or "")
             for u in ups

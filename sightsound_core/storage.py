@@ -1,6 +1,6 @@
 """Object storage over fsspec URIs: atomic Parquet shards, a manifest written last.
 
-Layout of one stage's output (see DESIGN.md, resumability contract)::
+Layout of one stage's output (see docs/ARCHITECTURE.md, "The stage contract")::
 
     {root}/{run}/{stage}/{stage_hash}/shard-00000.parquet     committed shards
     {root}/{run}/{stage}/{stage_hash}/quarantine-00000.parquet

@@ -17,12 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from sightsound_core import secrets
 from sightsound_core import stage as core_stage
 from sightsound_core.config import digest
+from sightsound_core.dag import GPU_STAGES
 from sightsound_core.errors import is_transient
 from sightsound_core.stage import ShardJob, StagePlan, StageRef
 from sightsound_core.storage import ObjectStore
 
-# Stages whose work belongs on a GPU pool; the tag carries the pool's concurrency limit.
-GPU_STAGES = {"sft", "grpo", "evaluate"}
+# GPU_STAGES (from the DAG spec): stages whose work belongs on a GPU pool; their tasks are tagged
+# ``gpu``, and the tag carries the pool's concurrency limit.
+__all__ = ["GPU_STAGES", "commit_task", "result_storage", "shard_task"]
 # Credentials in storage options must not be copied into a Prefect block document.
 _SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
 

@@ -1,7 +1,7 @@
 """The student on vLLM's offline engine, for evaluation on a GPU host (``evaluate.backend: vllm``).
 
-vLLM cannot run on this project's CPU machines nor be installed on its GPU test machine (NOTES),
-so this class is kept thin and is never exercised by the default tests. It has
+vLLM cannot run on this project's CPU machines nor be installed on its GPU test machine
+(docs/ARCHITECTURE.md), so this class is kept thin and is never exercised by the default tests. It has
 ``StudentModel``'s ``generate`` signature and builds the same prompt text with the checkpoint's
 processor (``training.inputs.prompt_texts``); the waveform goes in as
 ``multi_modal_data={"audio": (waveform, 16000)}`` and vLLM's Qwen2-Audio processor expands the

@@ -37,7 +37,7 @@ def image_packages() -> set[str]:
     return {_norm(w) for line in text.splitlines() if not line.startswith("#") for w in line.split()}
 
 
-# Not on the image (NOTES, "The GPU machine"), whatever a newer local version of an image package
+# Not on the image (docs/ARCHITECTURE.md, "Measured baselines"), whatever a newer local version of an image package
 # requires (this typer wants pydantic): the stand-in never has them.
 NOT_ON_IMAGE = {"trl", "datasets", "prefect", "pydantic", "av", "soundfile", "soxr"}
 

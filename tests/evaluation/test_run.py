@@ -8,12 +8,13 @@ from mmau_data import RELEASES, Scripted, records, write_mmau_root
 from test_mmau_file import OUTPUTS
 
 import sightsound_core.evaluation.run as run_module
+from sightsound_core.backends.base import VerifyResult
 from sightsound_core.config import BenchmarkConfig, EvaluateConfig, IngestConfig, PipelineConfig
+from sightsound_core.dag import benchmark_stage
 from sightsound_core.datasets.ingest import run_ingest
 from sightsound_core.evaluation.mmau import official_breakdown
 from sightsound_core.evaluation.run import run_evaluate, silence_file_uri
-from sightsound_core.pipeline import benchmark_stage, open_store
-from sightsound_core.backends.base import VerifyResult
+from sightsound_core.pipeline import open_store
 from sightsound_core.schemas import Clip, Prediction
 from sightsound_core.stage import read_all
 

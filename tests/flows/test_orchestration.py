@@ -66,17 +66,18 @@ def test_failed_verify_shard_is_the_only_one_recomputed(
     prefect_harness, tmp_path, s3_store, small_recipe, monkeypatch
 ):
     import flows.dag as dag
+    import sightsound_core.dag as core_dag
 
-    real = dag.verify_job
+    real = core_dag.verify_shard
     calls = []
 
-    def planted(cfg, store, job):
+    def planted(cfg, store, job, previous=None):
         calls.append(job.index)
         if job.index == 1 and calls.count(1) == 1:
             raise ValueError("planted failure in verify shard 1")
-        return real(cfg, store, job)
+        return real(cfg, store, job, previous)
 
-    monkeypatch.setattr(dag, "verify_job", planted)
+    monkeypatch.setattr(core_dag, "verify_shard", planted)
     recipe = _s3_recipe(tmp_path, s3_store, small_recipe, run="fail")
     with pytest.raises(ValueError, match="planted failure"):
         dag.pipeline(recipe=str(recipe))
