@@ -13,6 +13,12 @@ and neither is what depends on its models. Trials must equal the reference on ev
 deterministic stage and have the same shards and row counts on the others, with no duplicate
 rows (by key columns). Prints JSON: per trial, the kill time, equality per stage, duplicates,
 and the overhead of killed + resumed wall time against the reference.
+
+At the kill, each trial records the stages whose manifest was written (``done_at_kill``), the
+stages with a directory but no manifest (``open_at_kill``: a kill inside a stage leaves one), and
+every committed Parquet file with its inode and modification time; ``recomputed_shards`` counts
+those files the resumed run rewrote or removed (a write is a new file moved into place, so a
+rewrite changes the inode even when the bytes are the same).
 """
 
 from __future__ import annotations
@@ -64,11 +70,10 @@ def run(recipe: Path, env: dict, kill_after: float | None = None) -> tuple[float
     )
     try:
         proc.wait(timeout=kill_after)
-        killed = False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        killed = True
+    killed = proc.returncode == -signal.SIGKILL  # not a run that ended just before the kill
     if not killed and proc.returncode != 0:
         raise RuntimeError(f"run failed with exit code {proc.returncode}")
     return time.perf_counter() - started, killed
@@ -103,6 +108,26 @@ def snapshot(store_dir: Path) -> dict[str, dict]:
             "duplicates": len(key_rows) - len(set(key_rows)),
         }
     return out
+
+
+def committed_files(store_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every committed Parquet file of the run, with (inode, mtime in ns)."""
+    out = {}
+    for path in glob.glob(f"{store_dir}/demo/*/*/*.parquet"):
+        st = os.stat(path)
+        out[path] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def stage_states(store_dir: Path) -> tuple[list[str], list[str]]:
+    """(stages with a manifest, stages with a directory but none)."""
+    done, open_ = set(), set()
+    for stage_hash_dir in glob.glob(f"{store_dir}/demo/*/*/"):
+        stage = Path(stage_hash_dir).parent.name
+        if stage.startswith("_"):
+            continue
+        (done if os.path.exists(f"{stage_hash_dir}/_MANIFEST.json") else open_).add(stage)
+    return sorted(done), sorted(open_ - done)
 
 
 def main() -> None:
@@ -148,7 +173,11 @@ def main() -> None:
             if killed:
                 break
             upper /= 2
+        at_kill = committed_files(store_dir)
+        done_at_kill, open_at_kill = stage_states(store_dir)
         resumed_s, _ = run(recipe, env)
+        now = committed_files(store_dir)
+        recomputed = sorted(os.path.relpath(p, store_dir) for p, sig in at_kill.items() if now.get(p) != sig)
         got = snapshot(store_dir)
         stages: dict[str, bool] = {}
         for rel, ref in reference.items():
@@ -159,6 +188,11 @@ def main() -> None:
         trials.append({
             "kill_at_s": kill_at,
             "killed": killed,
+            "done_at_kill": done_at_kill,
+            "open_at_kill": open_at_kill,
+            "shards_at_kill": len(at_kill),
+            "recomputed_shards": len(recomputed),
+            "recomputed": recomputed[:10],
             "equal": all(stages.values()) and set(got) == set(reference),
             "stages_equal": stages,
             "shards_differ": sorted(set(got) ^ set(reference)),
@@ -174,6 +208,8 @@ def main() -> None:
         "trials": trials,
         "all_equal": all(t["equal"] for t in trials),
         "killed_trials": sum(t["killed"] for t in trials),
+        "killed_mid_stage": sum(t["killed"] and bool(t["open_at_kill"]) for t in trials),
+        "recomputed_shards": sum(t["recomputed_shards"] for t in trials),
         "mean_overhead": round(sum(t["overhead"] for t in trials) / len(trials), 3),
     }, indent=2))
 

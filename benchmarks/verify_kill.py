@@ -15,6 +15,9 @@ An item *answered before the kill* is one whose reply the server had handed over
 ``--grace-s`` before the SIGKILL; each must have been asked exactly once. Items asked twice may
 only be ones on the wire at the kill (sent, reply not yet read by the client): at most
 ``verify.concurrency`` times the shard tasks running at once, a trial. Prints JSON.
+
+With few clips verify lasts well under a second: keep ``--grace-s`` below that, or no item counts
+as answered before the kill (``answered_before_kill`` 0) and the exactly-once check is empty.
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ def session_processes(sid: int) -> list[int]:
     return out
 
 
-def cli(*args: str, env: dict, session: bool = False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=session)
+def cli(*args: str, env: dict, session: bool = False, capture: bool = False) -> subprocess.Popen:
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=out, stderr=subprocess.STDOUT if capture else out,
+                            start_new_session=session)
 
 
 def reset_verify(store_dir: Path) -> None:
@@ -138,9 +143,11 @@ def trial(server: FakeOpenAIServer, recipe: Path, store_dir: Path, env: dict, rn
     answered = {item for item, t in server.answered_at.items() if t < killed_at - grace_s}
 
     server.reset_counters()
-    resumed = cli("resume", "kill", "--stage", "verify", "--recipe", str(recipe), env=env)
-    if resumed.wait(timeout=600) != 0:
-        raise RuntimeError("resume --stage verify failed")
+    resumed = cli("resume", "kill", "--stage", "verify", "--recipe", str(recipe), env=env, capture=True)
+    output, _ = resumed.communicate(timeout=600)
+    if resumed.returncode != 0:  # what it printed is the diagnosis: keep it
+        raise RuntimeError(f"resume --stage verify failed (exit {resumed.returncode}), "
+                           f"{killed_at - verify_started:.2f} s after the first request:\n{output[-4000:]}")
     second = dict(server.requests)
     total = {item: first.get(item, 0) + second.get(item, 0) for item in set(first) | set(second)}
     from sightsound_core.schemas import Verdict
@@ -205,6 +212,7 @@ def main() -> None:
         "grace_s": args.grace_s,
         "on_the_wire_bound": CONCURRENCY * MAX_WORKERS,
         "killed_during_verify": sum(t["killed_during_verify"] for t in trials),
+        "answered_before_kill": sum(t["answered_before_kill"] for t in trials),
         "max_requests_per_answered_item": max(t["max_requests_per_answered_item"] for t in trials),
         "max_asked_twice_per_trial": max(t["asked_twice"] for t in trials),
         "items_lost": sum(t["items_lost"] for t in trials),

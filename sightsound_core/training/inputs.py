@@ -166,13 +166,24 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_student(path: str, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
-    """The student model (eval mode, on ``device``) and its processor, from a local folder or id."""
+def load_student(path: str, device: str = "cpu", dtype: Any = None, weights: str | None = None) -> tuple[Any, Any]:
+    """The student model (eval mode, on ``device``) and its processor, from a local folder or id.
+
+    ``weights``: a folder to take the model from instead (a Trainer checkpoint, which holds no
+    processor); every weight must be in it, since ``from_pretrained`` only warns about a missing one.
+    """
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(path)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
+    model, info = Qwen2AudioForConditionalGeneration.from_pretrained(
+        weights or path, dtype=dtype or torch.float32, output_loading_info=True
+    )
+    if weights is not None and (info["missing_keys"] or info["unexpected_keys"]):
+        raise ValueError(
+            f"{weights} does not hold the student's weights: missing {sorted(info['missing_keys'])[:5]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:5]}"
+        )
     model.to(device)
     model.eval()
     return model, processor

@@ -121,7 +121,16 @@ def build_sft_trainer(
     # Model: a frozen base under LoRA is held in bf16 when training in bf16 (adapters stay fp32);
     # a full fine-tune keeps fp32 master weights under autocast.
     dtype = torch.bfloat16 if cfg.bf16 and cfg.lora is not None else torch.float32
-    model, processor = load_student(model_path, device, dtype=dtype)
+    # A full fine-tune that resumes starts from its checkpoint's weights, loaded here because the
+    # Trainer does not: transformers 5.23 resumes with ``load_state_dict(strict=False)`` on the
+    # file's keys, which ``save_pretrained`` wrote in Qwen2-Audio's original layout
+    # (``audio_tower.*``, ``language_model.model.*``). No key matched, a warning was all, and the
+    # run went on from the base weights with the checkpoint's optimizer, schedule and step
+    # (huggingface/transformers#43701). ``from_pretrained`` renames the keys back. LoRA
+    # checkpoints hold the adapters under PEFT's names, which the Trainer does load.
+    resume = last_checkpoint(output_dir)
+    weights = str(resume) if resume is not None and cfg.lora is None else None
+    model, processor = load_student(model_path, device, dtype=dtype, weights=weights)
     model.config.use_cache = False
     # The adapters' initial weights: the Trainer seeds only after the model is built, so without
     # this two runs of one recipe start from different adapters.
@@ -171,6 +180,9 @@ def train_sft(
     resume = last_checkpoint(output_dir)
     if resume is not None:
         log.info("resuming SFT from %s", resume)
+        if cfg.lora is None:
+            log.info("weights already loaded from %s; the Trainer's warning of missing and unexpected "
+                     "keys is about its own load, which matches none of them", resume)  # fmt: skip
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     # Export

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from toyworld import OPTIONS, grpo_examples, load_audio, sft_examples
 
-from sightsound_core.config import GRPOConfig, SFTConfig
+from sightsound_core.config import GRPOConfig, LoraConfig, SFTConfig
 from sightsound_core.training.grpo import _completion_mask, step_indices, train_grpo
 
 
@@ -127,6 +127,52 @@ def test_grpo_resumes_from_its_last_checkpoint(undecided_student, clips, tmp_pat
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
     assert resumed["history"][:2] == first["history"]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_grpo_killed_after_a_checkpoint_resumes_the_same_training(short_student, clips, tmp_path, monkeypatch, lora):
+    """A kill after checkpoint-2 leaves that folder; training again in a folder holding only it
+    must take the uninterrupted run's step 3: the same metrics and the same final weights. The
+    untrained student never earns the real rewards, so a reward that tells its samples apart (their
+    number of distinct characters) makes every step move the weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sightsound_core.training import grpo
+
+    monkeypatch.setitem(grpo.REWARDS, "accuracy", lambda completions, **kw: [float(len(set(c))) for c in completions])
+    cfg = GRPOConfig(
+        max_steps=3, learning_rate=1e-3, num_generations=4, prompts_per_step=1, max_completion_length=8,
+        beta=0.04, save_steps=1, lora=LoraConfig() if lora else None,
+    )  # fmt: skip
+    examples = grpo_examples(clips[:4])
+    killed = tmp_path / "killed"
+
+    def keep_the_second_checkpoint(path):  # later checkpoints replace it
+        if path.endswith("checkpoint-2"):
+            shutil.copytree(path, killed / "checkpoint-2")
+
+    clean = train_grpo(short_student, examples, cfg, str(tmp_path / "clean"), load_audio, "cpu",
+                       on_checkpoint=keep_the_second_checkpoint)  # fmt: skip
+    saved = []
+    resumed = train_grpo(short_student, examples, cfg, str(killed), load_audio, "cpu", on_checkpoint=saved.append)
+
+    assert resumed["resumed_from"].endswith("checkpoint-2") and saved == [f"{killed}/checkpoint-3"]
+    def metrics(result):  # all but the timings, step by step
+        return [[v for k, v in sorted(h.items()) if not k.endswith("_s")] for h in result["history"]]
+
+    assert len(metrics(resumed)) == 3
+    for got_step, want_step in zip(metrics(resumed), metrics(clean)):
+        assert got_step == pytest.approx(want_step, rel=1e-5)
+    assert all(h["reward_std"] > 0 for h in clean["history"])  # every step has something to learn
+    want, got = load_file(f"{clean['merged']}/model.safetensors"), load_file(f"{resumed['merged']}/model.safetensors")
+    base = load_file(f"{short_student}/model.safetensors")
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(want[n], base[n]) for n in want if n in base)
 
 
 def test_fused_log_probs_equal_the_full_logits_ones(tiny_student, clips):

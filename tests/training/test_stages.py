@@ -137,19 +137,21 @@ def test_grpo_out_of_memory_scores_fewer_completions_per_forward(file_store, mon
     assert seen == [None, 8, 4]  # 2 prompts x 8 completions, then halves
 
 
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_sft_out_of_memory_after_a_checkpoint_resumes_from_it_with_the_same_update(
-    file_store, tiny_student, clips, monkeypatch
+    file_store, short_student, clips, monkeypatch, lora
 ):
     """The first attempt writes checkpoint-2, then runs out of memory; the retry starts at step 3
     with half the rows per device and twice the accumulation, and its steps take the update the
-    uninterrupted run takes."""
+    uninterrupted run takes (a full fine-tune too: the demo's recipe trains every weight)."""
     from sightsound_core.config import PipelineConfig
     from sightsound_core.errors import OutOfMemoryError as LaunchedOutOfMemory
     from sightsound_core.training import sft
     from sightsound_core.training.stages import train_job
 
     sft_cfg = {"max_steps": 4, "learning_rate": 1e-3, "per_device_batch_size": 4,
-               "gradient_accumulation_steps": 1, "save_steps": 2, "warmup_ratio": 0.0}
+               "gradient_accumulation_steps": 1, "save_steps": 2, "warmup_ratio": 0.0,
+               **({} if lora else {"lora": None})}
     cfg = PipelineConfig.model_validate({"sft": sft_cfg, "models": {"device": "cpu"}})
     examples = sft_examples(clips)
     real_train = sft.train_sft
@@ -164,7 +166,7 @@ def test_sft_out_of_memory_after_a_checkpoint_resumes_from_it_with_the_same_upda
         return real_train(model_path, examples, phase_cfg, out, loader, device, on_checkpoint=hook)
 
     monkeypatch.setattr(sft, "train_sft", train)
-    metrics = train_job(cfg, file_store, _job(file_store), "cot-fp", "sft", tiny_student, examples)
+    metrics = train_job(cfg, file_store, _job(file_store), "cot-fp", "sft", short_student, examples)
 
     assert attempts == [(4, 1), (2, 2)]
     assert metrics["resumed_from"].endswith("checkpoint-2")
@@ -172,7 +174,7 @@ def test_sft_out_of_memory_after_a_checkpoint_resumes_from_it_with_the_same_upda
 
     # The uninterrupted run, on the recipe's batch: the same losses at every step.
     monkeypatch.undo()
-    clean = sft.train_sft(tiny_student, examples, cfg.sft, str(file_store.local_path(file_store.uri("clean"))),
+    clean = sft.train_sft(short_student, examples, cfg.sft, str(file_store.local_path(file_store.uri("clean"))),
                           load_audio, "cpu")
     assert [h["loss"] for h in metrics["loss_history"]] == pytest.approx(
         [h["loss"] for h in clean["loss_history"]], rel=1e-3)
