@@ -245,7 +245,8 @@ def resume(
     statuses = ref.manifest.get("summary", {}).get("statuses", {})
     print(f"verify of run {run_name}: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     moved = ", ".join(f"{k} {n}" for k, n in sorted(changes["changed"].items())) or "none"
-    print(f"re-asked: {changes['re_asked']} items; verdicts changed: {moved}")
+    print(f"re-asked: {changes['re_asked']} items; committed for the first time: {changes['new']} items; "
+          f"verdicts changed: {moved}")
     rows = run_status(store, run_name)
     errors = next((r["errors"] for r in rows if r["stage"] == "verify"), {})
     if errors:

@@ -327,23 +327,28 @@ def read_verdicts(store: ObjectStore, run: str) -> dict[tuple[str, int], Verdict
 def verdict_changes(
     before: dict[tuple[str, int], Verdict], after: dict[tuple[str, int], Verdict]
 ) -> dict[str, Any]:
-    """What a resume did: traces asked again (``re_asked``: more attempts, or new) and verdicts
-    that moved, as ``{"error->accepted": n}`` (``new->…`` for traces not committed before).
+    """What a resume did: committed traces asked again (``re_asked``: more attempts than their
+    committed verdict), traces committed for the first time (``new``: asked now, or answered and
+    saved before the interruption but not yet committed; the verdicts cannot tell which), and
+    verdicts that moved, as ``{"error->accepted": n}`` (``new->…`` for the new ones).
 
     >>> v = lambda s, n: Verdict("c", 0, s, [], "", "", n, 0.0, "sim", "m", None)
-    >>> verdict_changes({("c", 0): v("error", 1)}, {("c", 0): v("accepted", 2)})
-    {'re_asked': 1, 'changed': {'error->accepted': 1}}
+    >>> w = lambda s, n: Verdict("d", 0, s, [], "", "", n, 0.0, "sim", "m", None)
+    >>> verdict_changes({("c", 0): v("error", 1)}, {("c", 0): v("accepted", 2), ("d", 0): w("rejected", 1)})
+    {'re_asked': 1, 'new': 1, 'changed': {'error->accepted': 1, 'new->rejected': 1}}
     """
     changed: dict[str, int] = {}
-    re_asked = 0
+    re_asked = new_rows = 0
     for key, new in after.items():
         old = before.get(key)
-        if old is None or new.attempts > old.attempts:
+        if old is None:
+            new_rows += 1
+        elif new.attempts > old.attempts:
             re_asked += 1
         if old is None or old.status != new.status:
             move = f"{old.status if old else 'new'}->{new.status}"
             changed[move] = changed.get(move, 0) + 1
-    return {"re_asked": re_asked, "changed": changed}
+    return {"re_asked": re_asked, "new": new_rows, "changed": changed}
 
 
 def resume_verify(cfg: VerifyConfig, store: ObjectStore, run: str) -> StageRef:
