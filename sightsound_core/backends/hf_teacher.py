@@ -3,13 +3,14 @@
 Stock ``generate(num_return_sequences=K)`` copies every prompt K times before its first forward.
 Transformers 5.23 runs the vision encoder before that copy (``mm_encoder_outputs``), but the
 language-model prefill over each ~600-token video prompt still runs K times, and its decode loop
-spends more time in Python than in kernels (NOTES: 14% of the memory-bandwidth bound on an H100;
-earlier releases re-encoded the video K times too). Here:
+spends more time in Python than in kernels (docs/ARCHITECTURE.md, measured baselines: 14% of the
+memory-bandwidth bound on an H100, 4.7% on the H200; earlier releases re-encoded the video K times
+too). Here:
 
 1. **Encode.** Frames become Qwen2.5-VL video patches with the checkpoint's own image processor
    (resize, rescale, normalize), frames paired in time as Qwen's video processor pairs them; the
    chat prompt's ``<|video_pad|>`` is expanded to the video's merged-patch count. (Qwen's video
-   processor needs torchvision, which cannot live next to CPU torch; see NOTES.)
+   processor needs torchvision, which cannot live next to CPU torch; see docs/ARCHITECTURE.md.)
 2. **Prefill once.** One forward over the B left-padded prompts of a batch: the vision encoder
    sees each clip once. Multimodal RoPE positions come from the model's ``get_rope_index``.
 3. **Expand.** The prompt KV cache is copied K times along the batch (``repeat_interleave``) into a

@@ -1,7 +1,7 @@
 """The teacher on vLLM's offline engine: ``SamplingParams(n=K)`` so the K samples share one prefill.
 
 vLLM cannot be installed or run on this project's CPU machines, and its wheels do not fit the GPU
-test machine (NOTES), so this backend is kept thin and is never exercised by the default tests:
+test machine (docs/ARCHITECTURE.md), so this backend is kept thin and is never exercised by the default tests:
 prompts are built by the same helpers as the ``hf`` backend (``teacher_messages``), the frames go
 in as ``multi_modal_data={"video": frames}`` with the sampled frame rate, and vLLM's Qwen2.5-VL
 processor does the patching and M-RoPE. Install with ``pip install -e .[vllm]`` on a GPU host.
