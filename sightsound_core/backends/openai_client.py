@@ -34,7 +34,7 @@ or from async code::
 
 The transport is aiohttp, not the SDK's default httpx: on 2 cores, 64 concurrent small requests to
 a local server went at about 1,150/s with aiohttp and 77/s with httpx 0.28. The SDK's own request
-building costs about 1.2 ms of CPU a request (profiled: ``_build_request`` and its send path), so
+building and send path cost about 1.3 ms of CPU a request under cProfile (``_base_client.request``), so
 ``benchmarks/verify_throughput.py`` at concurrency 64 measured 0.878-0.908 of its bound with this
 client against 0.927-0.934 with the hand-written one it replaced (2026-11-30, quiet 2-core machine).
 """
