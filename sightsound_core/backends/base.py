@@ -1,4 +1,4 @@
-"""The small Protocols every teacher, question-proposer and verifier backend implements.
+"""The small Protocols every teacher, question-proposer, verifier and student backend implements.
 
 Backends are composed, never subclassed: a backend is any object with these methods, built from
 its stage config by ``from_config(cfg)`` (``backends.registry`` picks the class). Heavy libraries
@@ -125,4 +125,26 @@ class StreamingVerifier(VerifierBackend, Protocol):
     ) -> list[VerifyResult]:
         """As ``verify``, calling ``on_result(i, result)`` as each finishes, before any further
         request is sent."""
+        ...
+
+
+StudentItem = tuple[np.ndarray, str, list[str]]
+"""(16 kHz mono waveform, question, options)."""
+
+
+class StudentGenerator(Protocol):
+    """The student as evaluation and GRPO use it: ``hf`` (``backends.hf_student.StudentModel``) or
+    ``vllm`` (``evaluation.vllm_student.VLLMStudent``), picked by ``evaluation.inference.load_generator``."""
+
+    def load(self) -> None: ...
+
+    def generate(
+        self,
+        items: list[StudentItem],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        num_return_sequences: int = 1,
+        seed: int = 0,
+    ) -> list[list[str]]:
+        """``num_return_sequences`` texts per item, in item order."""
         ...

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
+from sightsound_core.backends.base import StudentItem
 from sightsound_core.training.inputs import (
     banned_token_ids,
     encode_prompts,
@@ -21,8 +20,6 @@ from sightsound_core.training.inputs import (
 
 log = logging.getLogger(__name__)
 
-StudentItem = tuple[np.ndarray, str, list[str]]
-"""(16 kHz mono waveform, question, options)."""
 
 
 class StudentModel:

@@ -1,8 +1,8 @@
 """Batched inference for evaluation, through the same student backends and the student's prompt.
 
-A generator is anything with ``StudentModel``'s ``load()`` and ``generate(items, max_new_tokens,
-temperature, num_return_sequences, seed)``: ``hf`` is ``backends.hf_student.StudentModel``,
-``vllm`` is ``evaluation.vllm_student.VLLMStudent``. Both build the prompt with
+A generator (``backends.base.StudentGenerator``) is anything with ``StudentModel``'s ``load()``
+and ``generate(items, max_new_tokens, temperature, num_return_sequences, seed)``: ``hf`` is
+``backends.hf_student.StudentModel``, ``vllm`` is ``evaluation.vllm_student.VLLMStudent``. Both build the prompt with
 ``training.inputs``, so a model is evaluated on exactly the prompt it was trained on.
 """
 
@@ -11,29 +11,17 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
-from sightsound_core.backends.hf_student import StudentItem
+from sightsound_core.backends.base import StudentGenerator, StudentItem
 from sightsound_core.schemas import Clip
 
 log = logging.getLogger(__name__)
 
-class Generator(Protocol):
-    def load(self) -> None: ...
 
-    def generate(
-        self,
-        items: list[StudentItem],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        num_return_sequences: int = 1,
-        seed: int = 0,
-    ) -> list[list[str]]: ...
-
-
-def load_generator(backend: str, path: str, device: str = "auto") -> Generator:
+def load_generator(backend: str, path: str, device: str = "auto") -> StudentGenerator:
     """The evaluation model for ``backend`` (heavy imports happen in its ``load()``)."""
     if backend == "vllm":
         from sightsound_core.evaluation.vllm_student import VLLMStudent
@@ -57,7 +45,7 @@ def silenced(load_audio: Callable[[str], np.ndarray]) -> Callable[[str], np.ndar
 
 
 def generate_answers(
-    model: Generator,
+    model: StudentGenerator,
     clips: list[Clip],
     load_audio: Callable[[str], np.ndarray],
     batch_size: int,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sightsound_core.backends.hf_student import StudentItem
+from sightsound_core.backends.base import StudentItem
 from sightsound_core.training.inputs import SAMPLE_RATE, prompt_texts, stop_token_ids
 
 
