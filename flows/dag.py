@@ -4,6 +4,8 @@ The stages, their order and how each is planned and run are the core's ``sightso
 (written once, also walked by the plain loop); each flow here walks its own part of it. A stage
 is planned by the core (which shards, under which content hash), its shards run as mapped tasks,
 and its manifest is committed last by a final task.
+A stage in ``orchestration.fanout_stages`` sends its batches to the workers of a work pool
+instead, one flow run each, when the recipe names a fan-out deployment (``flows/fanout.py``).
 The training and evaluation flows run in place by default, or are dispatched to a GPU work pool
 with ``run_deployment`` when the recipe names a deployment (``orchestration.dispatch_*``); the
 dispatching flow then finds every shard committed and reuses them.
@@ -17,6 +19,7 @@ from typing import Any, Callable
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.fanout import fan_out, fans_out
 from sightsound_core.config import DEFAULT_RECIPE, PipelineConfig, load_config
 from sightsound_core.dag import Inputs, Stage, prepare, walk
 from sightsound_core.pipeline import open_store
@@ -65,6 +68,10 @@ def run_stage(
     ]
     for future in futures:
         future.result()
+    return _commit(plan, store, summary)
+
+
+def _commit(plan: StagePlan, store: ObjectStore, summary: Callable[[], dict] | None) -> StageRef:
     ref = commit_task(plan, store, summary)
     for hook in STAGE_HOOKS:
         hook(plan.stage, ref)
@@ -75,6 +82,9 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs:
     """The Prefect executor of a stage spec: plan it (reopening it first when committed shards
     are repaired in place, as verify's failed requests are), then ``run_stage``."""
     prepared = prepare(stage, cfg, store, inputs)
+    if fans_out(cfg, stage):
+        fan_out(stage, cfg, store, inputs, prepared)
+        return _commit(prepared.plan, store, prepared.summary)
     return run_stage(cfg, prepared.plan, store, work=prepared.work, summary=prepared.summary,
                      refresh=prepared.repair)
 

@@ -680,6 +680,22 @@ class OrchestrationConfig(StageConfig):
     dispatch_evaluate: str | None = runtime(
         None, description="Deployment that runs the evaluation flow on a GPU pool."
     )
+    fanout: str | None = runtime(
+        None, description="Deployment of the stage-batch flow ('stage-batch/gpu'): the shards of "
+        "the stages in fanout_stages then run as one flow run per batch (shards_per_task shards) "
+        "on that deployment's work pool, on as many workers as it has. None: in this flow run."
+    )
+    fanout_stages: list[str] = runtime(
+        ["questions", "teacher", "evaluate"],
+        description="Stages whose batches fan out when fanout is set: the GPU stages that map "
+        "shard by shard. Add verify when its backend is hf or vllm.",
+    )
+    fanout_attempts: int = runtime(
+        3, ge=1, description="Flow runs a batch gets: one that crashed (its worker or machine "
+        "died, marked Crashed by Prefect's unresponsive-run automation) is run again on any free "
+        "worker; a batch that failed (its tasks raised after their retries) fails the stage."
+    )
+    fanout_poll_s: float = runtime(2.0, gt=0, description="Seconds between looks at the batches' flow runs.")
 
 
 class PipelineConfig(StageConfig):

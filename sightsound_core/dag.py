@@ -351,9 +351,13 @@ class Prepared:
     repair: frozenset[int]
 
 
-def prepare(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Inputs) -> Prepared:
+def prepare(
+    stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Inputs, reopen: bool = True
+) -> Prepared:
+    """Plan ``stage`` on ``inputs``. ``reopen=False`` plans without opening a committed stage for
+    repair: a worker running some of the shards of a stage its coordinator has already opened."""
     plan = stage.plan(cfg, store, inputs)
-    repair = frozenset(stage.reopen(store, plan)) if stage.reopen else frozenset()
+    repair = frozenset(stage.reopen(store, plan)) if stage.reopen and reopen else frozenset()
 
     def work(job: ShardJob) -> str:
         if stage.reusable(store, job):

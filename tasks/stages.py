@@ -24,9 +24,9 @@ from sightsound_core.storage import ObjectStore
 
 # GPU_STAGES (from the DAG spec): stages whose work belongs on a GPU pool; their tasks are tagged
 # ``gpu``, and the tag carries the pool's concurrency limit.
-__all__ = ["GPU_STAGES", "commit_task", "result_storage", "shard_task"]
+__all__ = ["GPU_STAGES", "SECRET_OPTIONS", "commit_task", "result_storage", "shard_task"]
 # Credentials in storage options must not be copied into a Prefect block document.
-_SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
+SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
 
 
 def _load_secret_block(name: str) -> str:
@@ -95,7 +95,7 @@ def result_storage(store: ObjectStore) -> Any:
     if store.protocol == "file":
         block = LocalFileSystem(basepath=store.local_path(base))
     else:
-        settings = {k: v for k, v in store.storage_options.items() if k not in _SECRET_OPTIONS}
+        settings = {k: v for k, v in store.storage_options.items() if k not in SECRET_OPTIONS}
         block = RemoteFileSystem(basepath=base, settings=settings)
     block.save(f"sightsound-results-{digest(store.root, 12)}", overwrite=True)
     return block

@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from prefect_procs import prefect_server_env
 
 from sightsound_core.config import DEFAULT_RECIPE
 
@@ -24,3 +25,10 @@ def write_small_recipe(path, root, storage_options=None, run="small"):
     data["evaluate"]["benchmarks"][0]["ingest"]["synthetic"]["n_clips"] = 4
     path.write_text(f"# Run: sightsound run {path.name}\n" + yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real local Prefect server for this test; the environment that points at it."""
+    with prefect_server_env(tmp_path / "prefect") as env:
+        yield env
