@@ -73,6 +73,11 @@ CHARS_PER_TOKEN = 4
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio and Whisper-style encoders: one token per 40 ms
 IMAGE_TOKENS = 256
 _DETAIL_CHARS = 300
+# The openai SDK's X-Stainless-* telemetry headers: the platform's, sent with every request
+# unless omitted in ``default_headers``, and the per-attempt ones, omitted per request only.
+_SDK_PLATFORM_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
+                         "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async")
+_SDK_ATTEMPT_HEADERS = ("X-Stainless-Retry-Count", "X-Stainless-Read-Timeout")
 
 
 @dataclasses.dataclass
@@ -299,11 +304,19 @@ class ChatClient:
             secrets.install_log_redaction()
         # A server that takes no key gets no Authorization header. The SDK insists on a key and
         # would otherwise read $OPENAI_API_KEY itself and send it to whatever server this is.
-        self._headers = {} if key else {"Authorization": Omit()}
+        # The SDK's per-attempt headers (retry count, read timeout) can only be left out per
+        # request; they are fixed here, once, with the key's.
+        self._headers = {h: Omit() for h in _SDK_ATTEMPT_HEADERS}
+        if not key:
+            self._headers["Authorization"] = Omit()
         n, timeout = self.config.concurrency, self.config.timeout_s
         self._sdk = AsyncOpenAI(
             api_key=key or "unused",
             base_url=self.config.base_url or OPENAI_URL,
+            # Set once rather than per request. The SDK's telemetry headers go: no server this
+            # client talks to reads them, and every header is work on each request in the SDK,
+            # httpx2 and aiohttp alike (16 headers a request become 8).
+            default_headers={"Content-Type": "application/json", **{h: Omit() for h in _SDK_PLATFORM_HEADERS}},
             # Retries are this client's, not the SDK's: each result reports its attempts and its
             # own error class, every attempt takes its rate-limit tokens and a concurrency slot
             # again (the SDK would sleep holding the slot and bypass the buckets), a malformed
@@ -405,7 +418,7 @@ class ChatClient:
                 async with asyncio.timeout(self.config.timeout_s):
                     response = await self._sdk.post(
                         "/chat/completions", content=body, cast_to=httpx2.Response,
-                        options={"headers": {"Content-Type": "application/json", **headers}},
+                        options={"headers": headers},
                     )
             except APIStatusError as exc:
                 status = exc.status_code
