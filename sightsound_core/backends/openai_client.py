@@ -283,6 +283,7 @@ class ChatClient:
         self._explicit_key = api_key
         self._sdk: Any = None
         self._headers: dict[str, Any] = {}
+        self._url = ""
         self._slots: asyncio.Semaphore | None = None
         self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
@@ -325,6 +326,9 @@ class ChatClient:
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
             http_client=DefaultAioHttpClient(limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n)),
         )
+        # An absolute URL, resolved once: the SDK then parses it once a request, where a path
+        # relative to its base URL is parsed and merged into it again on every request.
+        self._url = str(self._sdk.base_url.join("chat/completions"))
         self._slots = asyncio.Semaphore(n)
         return self
 
@@ -417,7 +421,7 @@ class ChatClient:
                 # outer timeout bounds the whole attempt: the transport's bounds each read.
                 async with asyncio.timeout(self.config.timeout_s):
                     response = await self._sdk.post(
-                        "/chat/completions", content=body, cast_to=httpx2.Response,
+                        self._url, content=body, cast_to=httpx2.Response,
                         options={"headers": headers},
                     )
             except APIStatusError as exc:
