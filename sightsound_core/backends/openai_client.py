@@ -37,6 +37,14 @@ a local server went at about 1,150/s with aiohttp and 77/s with httpx 0.28. The 
 building and send path cost about 1.3 ms of CPU a request under cProfile (``_base_client.request``), so
 ``benchmarks/verify_throughput.py`` at concurrency 64 measured 0.878-0.908 of its bound with this
 client against 0.927-0.934 with the hand-written one it replaced (2026-11-30, quiet 2-core machine).
+
+What the SDK would redo on every request is since done once (headers at open, an absolute URL, one
+TLS context a process) and its X-Stainless-* telemetry headers are left out. Instructions in the
+client process on that benchmark's path (``benchmarks/client_cpu.py`` under callgrind): 4.78M a
+request before, 4.27M after, and a client open 344M before, 100M after; the same path without the
+SDK's layer (its httpx2 client called directly) was 3.41M, with aiohttp alone 2.72M. So the SDK and
+httpx2 still cost about a third of a request's CPU; the throughput above was not measured again on a
+quiet machine.
 """
 
 from __future__ import annotations
@@ -46,10 +54,12 @@ import base64
 import concurrent.futures
 import dataclasses
 import email.utils
+import functools
 import io
 import json
 import logging
 import random
+import ssl
 import struct
 import time
 import uuid
@@ -73,6 +83,11 @@ CHARS_PER_TOKEN = 4
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio and Whisper-style encoders: one token per 40 ms
 IMAGE_TOKENS = 256
 _DETAIL_CHARS = 300
+# The openai SDK's X-Stainless-* telemetry headers: the platform's, sent with every request
+# unless omitted in ``default_headers``, and the per-attempt ones, omitted per request only.
+_SDK_PLATFORM_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
+                         "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async")
+_SDK_ATTEMPT_HEADERS = ("X-Stainless-Retry-Count", "X-Stainless-Read-Timeout")
 
 
 @dataclasses.dataclass
@@ -278,6 +293,7 @@ class ChatClient:
         self._explicit_key = api_key
         self._sdk: Any = None
         self._headers: dict[str, Any] = {}
+        self._url = ""
         self._slots: asyncio.Semaphore | None = None
         self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
@@ -299,19 +315,31 @@ class ChatClient:
             secrets.install_log_redaction()
         # A server that takes no key gets no Authorization header. The SDK insists on a key and
         # would otherwise read $OPENAI_API_KEY itself and send it to whatever server this is.
-        self._headers = {} if key else {"Authorization": Omit()}
+        # The SDK's per-attempt headers (retry count, read timeout) can only be left out per
+        # request; they are fixed here, once, with the key's.
+        self._headers = {h: Omit() for h in _SDK_ATTEMPT_HEADERS}
+        if not key:
+            self._headers["Authorization"] = Omit()
         n, timeout = self.config.concurrency, self.config.timeout_s
         self._sdk = AsyncOpenAI(
             api_key=key or "unused",
             base_url=self.config.base_url or OPENAI_URL,
+            # Set once rather than per request. The SDK's telemetry headers go: no server this
+            # client talks to reads them, and every header is work on each request in the SDK,
+            # httpx2 and aiohttp alike (16 headers a request become 8).
+            default_headers={"Content-Type": "application/json", **{h: Omit() for h in _SDK_PLATFORM_HEADERS}},
             # Retries are this client's, not the SDK's: each result reports its attempts and its
             # own error class, every attempt takes its rate-limit tokens and a concurrency slot
             # again (the SDK would sleep holding the slot and bypass the buckets), a malformed
             # 200 is retried (the SDK returns it), and a 401 stops every queued call.
             max_retries=0,
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
-            http_client=DefaultAioHttpClient(limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n)),
+            http_client=DefaultAioHttpClient(verify=_tls_context(),
+                                             limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n)),
         )
+        # An absolute URL, resolved once: the SDK then parses it once a request, where a path
+        # relative to its base URL is parsed and merged into it again on every request.
+        self._url = str(self._sdk.base_url.join("chat/completions"))
         self._slots = asyncio.Semaphore(n)
         return self
 
@@ -404,8 +432,8 @@ class ChatClient:
                 # outer timeout bounds the whole attempt: the transport's bounds each read.
                 async with asyncio.timeout(self.config.timeout_s):
                     response = await self._sdk.post(
-                        "/chat/completions", content=body, cast_to=httpx2.Response,
-                        options={"headers": {"Content-Type": "application/json", **headers}},
+                        self._url, content=body, cast_to=httpx2.Response,
+                        options={"headers": headers},
                     )
             except APIStatusError as exc:
                 status = exc.status_code
@@ -433,6 +461,16 @@ class ChatClient:
             # not come back as one burst.
             delay = max(delay, wait + self._rng.uniform(0, 0.1 * wait))
         return delay
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The verifying TLS context every client of the process shares (httpx2's default, from the
+    environment's CA settings as first read). Building one loads the CA bundle, about 20 ms of CPU
+    that each client open paid otherwise: four fifths of an open's cost."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
 
 
 def _root(exc: BaseException) -> BaseException:

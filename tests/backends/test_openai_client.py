@@ -77,6 +77,17 @@ def test_a_bad_key_costs_one_request(openai_server):
     assert "sk-wrong-key-111111" not in results[0].detail and "[REDACTED]" in results[0].detail
 
 
+def test_headers_on_the_wire(openai_server):
+    run_chat(_settings(openai_server), "fake", [_request(0)])
+    sent = openai_server.headers["item-0"]
+    assert sent["content-type"] == "application/json"
+    assert "authorization" not in sent  # no key configured: none sent, not even $OPENAI_API_KEY's
+    assert not [h for h in sent if h.startswith("x-stainless-")]
+    openai_server.configure(api_key="sk-right-key-000000")
+    [result] = run_chat(_settings(openai_server), "fake", [_request(1)], api_key="sk-right-key-000000")
+    assert result.ok and openai_server.headers["item-1"]["authorization"] == "Bearer sk-right-key-000000"
+
+
 def test_concurrency_is_bounded(openai_server):
     openai_server.configure(latency_s=0.05)
     results = run_chat(_settings(openai_server, concurrency=5), "fake", [_request(i) for i in range(40)])

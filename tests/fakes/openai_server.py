@@ -14,7 +14,8 @@ An *item* is the ``X-Client-Request-Id`` header when the client sends one, else 
 last user message. ``requests[item]`` counts attempts per item and ``outcomes`` counts fates, so a
 test can assert which items a run touched; ``answered_at[item]`` is the wall-clock time the
 handler last handed a successful reply to the transport (what a kill test compares with the moment
-of its kill); ``script(item, [...])`` forces the next fates of one item. With ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets a 401 whose
+of its kill); ``headers[request_id]`` holds the last request's headers (lower-cased names) for each
+``X-Client-Request-Id`` ('' for none); ``script(item, [...])`` forces the next fates of one item. With ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets a 401 whose
 body quotes the key it was sent (as real servers partly do), to test redaction; it is counted in
 ``outcomes["401"]`` only.
 
@@ -120,6 +121,7 @@ class FakeOpenAIServer:
         self.outcomes: Counter[str] = Counter()
         self.log: list[tuple[str, int, str]] = []
         self.answered_at: dict[str, float] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
         self.port = 0
@@ -149,6 +151,7 @@ class FakeOpenAIServer:
         self.outcomes.clear()
         self.log.clear()
         self.answered_at.clear()
+        self.headers.clear()
         self.max_in_flight = 0
 
     def start(self) -> "FakeOpenAIServer":
@@ -209,6 +212,7 @@ class FakeOpenAIServer:
     async def _completions(self, request: Any) -> Any:
         from aiohttp import web
 
+        self.headers[request.headers.get("x-client-request-id", "")] = {k.lower(): v for k, v in request.headers.items()}
         if self.api_key is not None:
             sent = request.headers.get("authorization", "")
             if sent != f"Bearer {self.api_key}":
