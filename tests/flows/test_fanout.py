@@ -144,3 +144,19 @@ def test_only_shards_not_yet_final_are_sent(prefect_harness, monkeypatch, tmp_pa
     run()
     assert [c[0] for c in pool.calls] == [[3]]
     assert load_ref(store, prepared.plan.dir) is None  # the manifest is the executor's to write
+
+
+def test_a_batch_on_s3_takes_its_credentials_from_the_worker_environment(
+    prefect_harness, monkeypatch, tmp_path, s3_store
+):
+    cfg = load_config("demo.yaml", {"store.root": s3_store.root,
+                                    "store.storage_options": s3_store.storage_options, **SMALL})
+    store = open_store(cfg)
+    ingest, teacher = stages(cfg, "distill")[:2]
+    inputs = gather(teacher, {"ingest": run_local(ingest, cfg, store, gather(ingest, {}))})
+    params = _params(cfg, store, teacher, inputs, [0])
+    assert "testing" not in str(params["cfg"]["store"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_store.storage_options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_store.storage_options["secret"])
+    assert stage_batch(**params)["computed"] == [0]
+    assert is_committed(store, teacher.plan(cfg, store, inputs).jobs[0])
