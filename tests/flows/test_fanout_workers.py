@@ -37,7 +37,7 @@ print(json.dumps({name: ref.dir for name, ref in refs.items()}))
 # 12 teacher shards of 48 clips, batches of 4: three batches for two workers, each batch a few
 # seconds of work, so a batch can be caught part done.
 SIZE = {"ingest.synthetic.n_clips": 576, "ingest.shard_size": 48, "orchestration.shards_per_task": 4}
-HEARTBEAT_S, WITHIN_S = 30, 60  # Prefect's minimum heartbeat; two missed ones mark a run Crashed
+HEARTBEAT_S, WITHIN_S = 30, 60  # the fastest the automation allows: two missed heartbeats
 
 
 def _overrides(root, fanout):
@@ -95,6 +95,7 @@ def _two_workers_one_killed(prefect_server, tmp_path, stack):
                 "--name", "stage-batch/local")
     automation = yaml.safe_load(AUTOMATION.read_text())
     automation["trigger"]["within"] = WITHIN_S
+    automation["actions"][0]["message"] = f"No heartbeat for {WITHIN_S} s"
     prefect_cli(env, "automation", "create", "--from-json", json.dumps(automation))
 
     workers = {
