@@ -37,7 +37,8 @@ print(json.dumps({name: ref.dir for name, ref in refs.items()}))
 # 12 teacher shards of 48 clips, batches of 4: three batches for two workers, each batch a few
 # seconds of work, so a batch can be caught part done.
 SIZE = {"ingest.synthetic.n_clips": 576, "ingest.shard_size": 48, "orchestration.shards_per_task": 4}
-HEARTBEAT_S, WITHIN_S = 30, 60  # the fastest the automation allows: two missed heartbeats
+# Workers heartbeat every 30 s (Prefect's minimum); two missed ones mark a batch Crashed.
+HEARTBEAT_S, WITHIN_S = 30, 60
 
 
 def _overrides(root, fanout):
