@@ -27,9 +27,9 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from sightsound_core.config import PipelineConfig
+from sightsound_core.config import PipelineConfig, digest
 from sightsound_core.dag import Inputs, Prepared, Stage, prepare, stages
-from sightsound_core.stage import ShardJob, load_ref
+from sightsound_core.stage import load_ref
 from sightsound_core.storage import ObjectStore
 from tasks.stages import GPU_STAGES, SECRET_OPTIONS, result_storage, shard_task
 
@@ -56,23 +56,27 @@ def portable_config(cfg: PipelineConfig, store: ObjectStore) -> dict[str, Any]:
     return data
 
 
-def batches(jobs: list[ShardJob], size: int) -> list[list[int]]:
-    """The shard indices of ``jobs`` in runs of at most ``size``.
+def _chunks(indices: list[int], size: int) -> list[list[int]]:
+    """Shard indices in runs of at most ``size``.
 
-    >>> batches([ShardJob("t", "h", i, "", "", {}, "") for i in (0, 1, 2, 5, 6)], 2)
+    >>> _chunks([0, 1, 2, 5, 6], 2)
     [[0, 1], [2, 5], [6]]
     """
-    indices = [job.index for job in jobs]
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
 def fan_out(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Inputs, prepared: Prepared) -> None:
     """Run every shard of ``prepared`` that is not final as flow runs of the fan-out deployment,
     one per batch, and wait for all of them. Raises when a batch fails, or crashes on every one
-    of its ``fanout_attempts`` runs; committed shards stay committed either way."""
+    of its ``fanout_attempts`` runs; committed shards stay committed either way.
+
+    Batches of this stage output still queued or running from an earlier coordinator (a pipeline
+    run that died and was started again) are waited for, not sent twice: every batch's run carries
+    a tag naming the stage's output directory, and the server is asked for those first.
+    """
     orch = cfg.orchestration
     plan = prepared.plan
-    todo = [j for j in plan.jobs if j.index in prepared.repair or not stage.reusable(store, j)]
+    todo = [j.index for j in plan.jobs if j.index in prepared.repair or not stage.reusable(store, j)]
     if not todo:
         log.info("%s: every shard is committed; nothing to fan out", stage.name)
         return
@@ -82,7 +86,8 @@ def fan_out(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Input
         "stage_hash": plan.stage_hash,
         "inputs": {name: ref.dir for name, ref in inputs.items()},
     }
-    tags = [f"stage:{stage.name}"] + (["gpu"] if stage.name in GPU_STAGES else [])
+    output_tag = f"output:{digest(plan.dir, 16)}"
+    tags = [f"stage:{stage.name}", output_tag] + (["gpu"] if stage.name in GPU_STAGES else [])
 
     def dispatch(shards: list[int], attempt: int) -> Any:
         span = f"{shards[0]:05d}" if len(shards) == 1 else f"{shards[0]:05d}-{shards[-1]:05d}"
@@ -93,13 +98,16 @@ def fan_out(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Input
                         "refresh": sorted(prepared.repair.intersection(shards))},
         )
 
-    size = orch.batch_size(len(plan.jobs))
-    waiting = {}
-    for shards in batches(todo, size):
-        run = dispatch(shards, 1)
-        waiting[run.id] = (shards, 1)
-    log.info("%s: %d shards in %d batches sent to %s", stage.name, len(todo), len(waiting), orch.fanout)
     with get_client(sync_client=True) as client:
+        waiting = {run.id: (run.parameters["shards"], 1) for run in _in_flight(client, output_tag)}
+        adopted = {i for shards, _ in waiting.values() for i in shards}
+        if waiting:
+            log.info("%s: waiting for %d batches already sent (%d shards)", stage.name, len(waiting),
+                     len(adopted))
+        rest = [i for i in todo if i not in adopted]
+        for shards in _chunks(rest, orch.batch_size(len(plan.jobs))):
+            waiting[dispatch(shards, 1).id] = (shards, 1)
+        log.info("%s: %d shards in %d batches on %s", stage.name, len(todo), len(waiting), orch.fanout)
         while waiting:
             time.sleep(orch.fanout_poll_s)
             for run_id, (shards, attempt) in list(waiting.items()):
@@ -111,11 +119,27 @@ def fan_out(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Input
                     del waiting[run_id]
                     log.warning("%s: batch %s crashed (%s); asking for it again", stage.name,
                                 run.name, run.state.message)
-                    again = dispatch(shards, attempt + 1)
-                    waiting[again.id] = (shards, attempt + 1)
+                    waiting[dispatch(shards, attempt + 1).id] = (shards, attempt + 1)
                 elif kind == _CRASHED or kind in _STOPPED:
                     raise RuntimeError(f"{stage.name}: batch {run.name} ended {run.state.name}"
                                        f" after {attempt} run(s): {run.state.message}")
+
+
+def _in_flight(client: Any, tag: str) -> list[Any]:
+    """Flow runs carrying ``tag`` that have not ended (scheduled, late, pending or running)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    alive = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[tag]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=alive)),
+    ))
 
 
 @flow(name="stage-batch", persist_result=False)

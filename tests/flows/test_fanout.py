@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from flows.fanout import fan_out, portable_config, stage_batch
-from sightsound_core.config import load_config
+from sightsound_core.config import digest, load_config
 from sightsound_core.dag import gather, prepare, run_local, stages
 from sightsound_core.pipeline import open_store
 from sightsound_core.stage import is_committed, load_ref
@@ -66,16 +66,26 @@ def test_a_batch_refuses_another_stage_hash_or_missing_shards(prefect_harness, t
 
 
 class _Pool:
-    """Stands in for a work pool behind ``run_deployment``: each batch's flow run ends as
-    ``script`` says for its first shard and attempt (a crashed run first commits half its shards,
-    as a worker killed mid-batch would); other runs run the batch flow here and complete."""
+    """Stands in for a work pool and its server behind ``run_deployment`` and the client: each
+    batch's flow run ends as ``script`` says for its first shard and attempt (a crashed run first
+    commits half its shards, as a worker killed mid-batch would); other runs run the batch flow
+    here and complete. ``running(...)`` adds a run left by an earlier coordinator, which completes
+    the first time it is looked at."""
 
     def __init__(self, script):
         self.script = script
         self.runs: dict[uuid.UUID, types.SimpleNamespace] = {}
         self.calls: list[tuple[list[int], str]] = []
 
-    def run_deployment(self, name, parameters, flow_run_name, **kw):
+    def _run(self, name, parameters, tags, outcome, finish=None):
+        state = types.SimpleNamespace(type=types.SimpleNamespace(value=outcome), name=outcome.title(),
+                                      message="scripted")
+        run = types.SimpleNamespace(id=uuid.uuid4(), name=name, state=state, tags=list(tags),
+                                    parameters=parameters, finish=finish)
+        self.runs[run.id] = run
+        return run
+
+    def run_deployment(self, name, parameters, flow_run_name, tags, **kw):
         shards = parameters["shards"]
         attempt = sum(1 for s, _ in self.calls if s == shards) + 1
         self.calls.append((shards, flow_run_name))
@@ -84,13 +94,23 @@ class _Pool:
             stage_batch(**{**parameters, "shards": shards[: len(shards) // 2]})
         elif outcome == "COMPLETED":
             stage_batch(**parameters)
-        run = types.SimpleNamespace(id=uuid.uuid4(), name=flow_run_name, state=types.SimpleNamespace(
-            type=types.SimpleNamespace(value=outcome), name=outcome.title(), message="scripted"))
-        self.runs[run.id] = run
-        return run
+        return self._run(flow_run_name, parameters, tags, outcome)
+
+    def running(self, parameters, tags):
+        return self._run("left-running", parameters, tags, "RUNNING",
+                         finish=lambda: stage_batch(**parameters))
 
     def read_flow_run(self, run_id):
-        return self.runs[run_id]
+        run = self.runs[run_id]
+        if run.finish is not None:
+            run.finish()
+            run.finish, run.state.type.value = None, "COMPLETED"
+        return run
+
+    def read_flow_runs(self, flow_run_filter):
+        tags = set(flow_run_filter.tags.all_)
+        kinds = {k.value for k in flow_run_filter.state.type.any_}
+        return [r for r in self.runs.values() if tags <= set(r.tags) and r.state.type.value in kinds]
 
     def __enter__(self):
         return self
@@ -109,6 +129,7 @@ def _fan_out(monkeypatch, tmp_path, script, attempts=3):
     monkeypatch.setattr(flows.fanout, "run_deployment", pool.run_deployment)
     monkeypatch.setattr(flows.fanout, "get_client", lambda sync_client: pool)
     prepared = prepare(teacher, cfg, store, inputs)
+    pool.params = lambda shards: {**_params(cfg, store, teacher, inputs, shards), "refresh": []}
     return pool, store, prepared, lambda: fan_out(teacher, cfg, store, inputs, prepared)
 
 
@@ -160,3 +181,18 @@ def test_a_batch_on_s3_takes_its_credentials_from_the_worker_environment(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_store.storage_options["secret"])
     assert stage_batch(**params)["computed"] == [0]
     assert is_committed(store, teacher.plan(cfg, store, inputs).jobs[0])
+
+
+def test_batches_an_earlier_coordinator_left_running_are_waited_for_not_sent_again(
+    prefect_harness, monkeypatch, tmp_path
+):
+    pool, store, prepared, run = _fan_out(monkeypatch, tmp_path, {})
+    # A crashed pipeline run had sent shards 1 and 2; that batch is still running.
+    output = f"output:{digest(prepared.plan.dir, 16)}"
+    left = pool.running(pool.params([1, 2]), ["stage:teacher", output])
+    pool._run("old-failed", pool.params([0]), ["stage:teacher", output], "FAILED")  # ended: ignored
+    run()
+    assert [c[0] for c in pool.calls] == [[0, 3]]
+    assert pool.runs[left.id].state.type.value == "COMPLETED"
+    assert all(is_committed(store, job) for job in prepared.plan.jobs)
+    assert all(output in r.tags for r in pool.runs.values())
