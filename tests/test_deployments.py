@@ -83,3 +83,23 @@ def test_accelerate_configs_load_and_name_what_exists():
     assert ds["zero_optimization"]["stage"] == 3
     # The merged export gathers 16-bit weights when saving; without this flag it saves nothing usable.
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_the_unresponsive_batch_automation_never_crashes_a_run_at_default_heartbeats():
+    from prefect.events.schemas.automations import AutomationCore, Posture
+    from prefect.settings.models.flows import FlowsSettings
+
+    from flows.fanout import stage_batch
+
+    path = ROOT / "deployments" / "automations" / "crash-unresponsive-runs.yaml"
+    automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
+    trigger = automation.trigger
+    assert trigger.posture == Posture.Proactive and trigger.after == {"prefect.flow-run.heartbeat"}
+    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed"} <= trigger.expect
+    # Only the batch flow's runs, and a window of at least three default heartbeats: a healthy
+    # run must never be marked Crashed (its batch would then run twice).
+    assert trigger.match_related.root == {"prefect.resource.role": "flow", "prefect.resource.name": stage_batch.name}
+    default = FlowsSettings.model_fields["heartbeat_frequency"].default
+    assert trigger.within.total_seconds() >= 3 * default
+    assert [a.type for a in automation.actions] == ["change-flow-run-state"]
+    assert automation.actions[0].state.value == "CRASHED"
