@@ -26,7 +26,7 @@ from sightsound_core.pipeline import open_store
 from sightsound_core.report import artifact_key, report_artifacts, report_uris
 from sightsound_core.stage import ShardJob, StagePlan, StageRef, run_shard
 from sightsound_core.storage import ObjectStore
-from tasks.stages import GPU_STAGES, commit_task, result_storage, shard_task
+from tasks.stages import commit_task, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ def run_stage(
     their committed shards are about to be repaired.
     """
     orch = cfg.orchestration
-    tags = [f"stage:{plan.stage}"] + (["gpu"] if plan.stage in GPU_STAGES else [])
-    task = shard_task.with_options(
-        name=plan.stage, tags=tags, retries=orch.retries, result_storage=result_storage(store)
-    )
+    task = stage_task(plan.stage, store, orch.retries)
     if work is None:
         def work(job: ShardJob) -> str:
             return run_shard(store, job, compute)

@@ -31,7 +31,7 @@ from sightsound_core.config import PipelineConfig, digest
 from sightsound_core.dag import Inputs, Prepared, Stage, prepare, stages
 from sightsound_core.stage import load_ref
 from sightsound_core.storage import ObjectStore
-from tasks.stages import GPU_STAGES, SECRET_OPTIONS, result_storage, shard_task
+from tasks.stages import public_options, stage_tags, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def portable_config(cfg: PipelineConfig, store: ObjectStore) -> dict[str, Any]:
     their environment or IAM, as s3fs does)."""
     data = cfg.model_dump(mode="json")
     data["store"]["root"] = store.root
-    options = data["store"]["storage_options"]
-    data["store"]["storage_options"] = {k: v for k, v in options.items() if k not in SECRET_OPTIONS}
+    data["store"]["storage_options"] = public_options(data["store"]["storage_options"])
     return data
 
 
@@ -87,7 +86,7 @@ def fan_out(stage: Stage, cfg: PipelineConfig, store: ObjectStore, inputs: Input
         "inputs": {name: ref.dir for name, ref in inputs.items()},
     }
     output_tag = f"output:{digest(plan.dir, 16)}"
-    tags = [f"stage:{stage.name}", output_tag] + (["gpu"] if stage.name in GPU_STAGES else [])
+    tags = stage_tags(stage.name) + [output_tag]
 
     def dispatch(shards: list[int], attempt: int) -> Any:
         span = f"{shards[0]:05d}" if len(shards) == 1 else f"{shards[0]:05d}-{shards[-1]:05d}"
@@ -178,11 +177,7 @@ def stage_batch(
     missing = [i for i in shards if i not in by_index]
     if missing:
         raise ValueError(f"{stage} has no shards {missing} (it has {len(by_index)})")
-    orch = config.orchestration
-    task = shard_task.with_options(
-        name=stage, tags=[f"stage:{stage}"] + (["gpu"] if stage in GPU_STAGES else []),
-        retries=orch.retries, result_storage=result_storage(store),
-    )
+    task = stage_task(stage, store, config.orchestration.retries)
     redo = set(refresh or ())
     computed, reused = [], []
     for i in shards:

@@ -24,9 +24,9 @@ from sightsound_core.storage import ObjectStore
 
 # GPU_STAGES (from the DAG spec): stages whose work belongs on a GPU pool; their tasks are tagged
 # ``gpu``, and the tag carries the pool's concurrency limit.
-__all__ = ["GPU_STAGES", "SECRET_OPTIONS", "commit_task", "result_storage", "shard_task"]
-# Credentials in storage options must not be copied into a Prefect block document.
-SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
+__all__ = ["GPU_STAGES", "commit_task", "public_options", "result_storage", "shard_task", "stage_tags", "stage_task"]
+# Credentials in storage options must not reach the Prefect server (a block, flow-run parameters).
+_SECRET_OPTIONS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}
 
 
 def _load_secret_block(name: str) -> str:
@@ -75,6 +75,23 @@ def _run_name() -> str:
     return f"{jobs[0].stage}-{span}"
 
 
+def stage_tags(stage: str) -> list[str]:
+    """The tags of a stage's tasks and batch runs: ``stage:{name}``, and ``gpu`` for a GPU stage."""
+    return [f"stage:{stage}"] + (["gpu"] if stage in GPU_STAGES else [])
+
+
+def stage_task(stage: str, store: ObjectStore, retries: int) -> Any:
+    """``shard_task`` named and tagged for ``stage``, its results kept in ``store``."""
+    return shard_task.with_options(name=stage, tags=stage_tags(stage), retries=retries,
+                                   result_storage=result_storage(store))
+
+
+def public_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options without credentials: what may be stored by the Prefect server (a block,
+    a flow run's parameters); workers take credentials from their environment or IAM."""
+    return {k: v for k, v in options.items() if k not in _SECRET_OPTIONS}
+
+
 @task(cache_policy=NO_CACHE, task_run_name="commit-{plan.stage}")
 def commit_task(
     plan: StagePlan, store: ObjectStore, summary: Callable[[], dict] | None = None
@@ -95,7 +112,6 @@ def result_storage(store: ObjectStore) -> Any:
     if store.protocol == "file":
         block = LocalFileSystem(basepath=store.local_path(base))
     else:
-        settings = {k: v for k, v in store.storage_options.items() if k not in SECRET_OPTIONS}
-        block = RemoteFileSystem(basepath=base, settings=settings)
+        block = RemoteFileSystem(basepath=base, settings=public_options(store.storage_options))
     block.save(f"sightsound-results-{digest(store.root, 12)}", overwrite=True)
     return block

@@ -95,10 +95,11 @@ def test_failed_verify_shard_is_the_only_one_recomputed(
 
 def test_transient_shard_failure_is_retried_and_succeeds(prefect_harness, s3_store, monkeypatch):
     import flows.dag as dag
+    import tasks.stages as stage_tasks
     from prefect import flow
 
     # The shard task's own retry rule and count, without its back-off wait.
-    monkeypatch.setattr(dag, "shard_task", dag.shard_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(stage_tasks, "shard_task", stage_tasks.shard_task.with_options(retry_delay_seconds=0))
     calls = []
 
     def compute(job):
