@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from toyworld import OPTIONS, grpo_examples, load_audio, sft_examples
+from toyworld import OPTIONS, grpo_examples, keep_checkpoint, load_audio, sft_examples
 
 from sightsound_core.config import GRPOConfig, LoraConfig, SFTConfig
 from sightsound_core.training.grpo import _completion_mask, step_indices, train_grpo
@@ -135,8 +135,6 @@ def test_grpo_killed_after_a_checkpoint_resumes_the_same_training(short_student,
     must take the uninterrupted run's step 3: the same metrics and the same final weights. The
     untrained student never earns the real rewards, so a reward that tells its samples apart (their
     number of distinct characters) makes every step move the weights."""
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -150,12 +148,8 @@ def test_grpo_killed_after_a_checkpoint_resumes_the_same_training(short_student,
     examples = grpo_examples(clips[:4])
     killed = tmp_path / "killed"
 
-    def keep_the_second_checkpoint(path):  # later checkpoints replace it
-        if path.endswith("checkpoint-2"):
-            shutil.copytree(path, killed / "checkpoint-2")
-
     clean = train_grpo(short_student, examples, cfg, str(tmp_path / "clean"), load_audio, "cpu",
-                       on_checkpoint=keep_the_second_checkpoint)  # fmt: skip
+                       on_checkpoint=keep_checkpoint("checkpoint-2", killed))  # fmt: skip
     saved = []
     resumed = train_grpo(short_student, examples, cfg, str(killed), load_audio, "cpu", on_checkpoint=saved.append)
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from toyworld import OPTIONS, QUESTION, load_audio, sft_examples
+from toyworld import OPTIONS, QUESTION, keep_checkpoint, load_audio, sft_examples
 
 from sightsound_core.config import SFTConfig
 from sightsound_core.training.sft import train_sft, trl_sft_config
@@ -97,8 +97,6 @@ def test_sft_killed_after_a_checkpoint_resumes_the_same_training(short_student, 
     order after it matters) and step 4 in the next epoch. Training from scratch again would give
     the same numbers, so the resumed run must also write only the later checkpoints.
     """
-    import shutil
-
     import torch
 
     examples = sft_examples(clips[:6])
@@ -106,12 +104,8 @@ def test_sft_killed_after_a_checkpoint_resumes_the_same_training(short_student, 
                     **({} if lora else {"lora": None}))  # fmt: skip
     killed = tmp_path / "killed"
 
-    def keep_the_first_checkpoint(path):  # the Trainer deletes it later (save_total_limit)
-        if path.endswith("checkpoint-2"):
-            shutil.copytree(path, killed / "checkpoint-2")
-
     clean = train_sft(short_student, examples, cfg, str(tmp_path / "clean"), load_audio, "cpu",
-                      on_checkpoint=keep_the_first_checkpoint)  # fmt: skip
+                      on_checkpoint=keep_checkpoint("checkpoint-2", killed))  # fmt: skip
     saved = []
     resumed = train_sft(short_student, examples, cfg, str(killed), load_audio, "cpu", on_checkpoint=saved.append)
 

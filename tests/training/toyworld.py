@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -94,3 +96,15 @@ def short_window_student(path: str, out: Path, seconds: int = 2) -> str:
     short.save_pretrained(out)
     Qwen2AudioProcessor(features, processor.tokenizer, chat_template=processor.chat_template).save_pretrained(out)
     return str(out)
+
+
+def keep_checkpoint(name: str, into: Path) -> Callable[[str], None]:
+    """An ``on_checkpoint`` callback that copies checkpoint ``name`` into ``into`` as it is saved:
+    the folder a run killed right after that save leaves (the run itself later replaces or
+    deletes it)."""
+
+    def keep(path: str) -> None:
+        if Path(path).name == name:
+            shutil.copytree(path, Path(into) / name)
+
+    return keep
