@@ -34,17 +34,17 @@ or from async code::
 
 The transport is aiohttp, not the SDK's default httpx: on 2 cores, 64 concurrent small requests to
 a local server went at about 1,150/s with aiohttp and 77/s with httpx 0.28. The SDK's own request
-building and send path cost about 1.3 ms of CPU a request under cProfile (``_base_client.request``), so
-``benchmarks/verify_throughput.py`` at concurrency 64 measured 0.878-0.908 of its bound with this
-client against 0.927-0.934 with the hand-written one it replaced (2026-11-30, quiet 2-core machine).
+building and send path cost about 1.3 ms of CPU a request under cProfile (``_base_client.request``).
 
 What the SDK would redo on every request is since done once (headers at open, an absolute URL, one
 TLS context a process) and its X-Stainless-* telemetry headers are left out. Instructions in the
 client process on that benchmark's path (``benchmarks/client_cpu.py`` under callgrind): 4.78M a
 request before, 4.27M after, and a client open 344M before, 100M after; the same path without the
 SDK's layer (its httpx2 client called directly) was 3.41M, with aiohttp alone 2.72M. So the SDK and
-httpx2 still cost about a third of a request's CPU. Measured again after that, quiet machine, 12 runs:
-0.898 of the bound at concurrency 64 (sd 0.012; benchmarks/README.md).
+httpx2 still cost about a third of a request's CPU. What brought ``benchmarks/verify_throughput.py``
+at concurrency 64 from 0.904 to 0.925 of its bound (12 runs each, alternating, 2026-11-30; the hand-written client
+it replaced measured 0.927 and 0.934) was scheduling: ``chat_many``'s workers build each request
+after the loop has served the replies of its burst (see there, and benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import ssl
 import struct
 import time
 import uuid
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -83,6 +83,7 @@ CHARS_PER_TOKEN = 4
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio and Whisper-style encoders: one token per 40 ms
 IMAGE_TOKENS = 256
 _DETAIL_CHARS = 300
+_BUILD_AFTER_TURNS = 2  # event-loop turns a worker lets pass before building its next request
 # The openai SDK's X-Stainless-* telemetry headers: the platform's, sent with every request
 # unless omitted in ``default_headers``, and the per-attempt ones, omitted per request only.
 _SDK_PLATFORM_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
@@ -155,16 +156,22 @@ def wav_bytes(audio: np.ndarray, sample_rate: int = 16000) -> bytes:
     """16-bit PCM WAV of a mono float waveform in [-1, 1] (clipped).
 
     Written by hand: a 44-byte header and the samples, about ten times faster than a codec
-    library, which matters when the event loop encodes hundreds of clips a second.
+    library, which matters when the event loop encodes hundreds of clips a second. The samples
+    are scaled, clipped and rounded in one float buffer and written once into the file's bytes.
+
+    >>> wav = wav_bytes(np.array([0.0, 0.5, -1.0, 2.0]))
+    >>> wav[:4], len(wav), np.frombuffer(wav, "<i2", offset=44).tolist()
+    (b'RIFF', 52, [0, 16384, -32767, 32767])
     """
-    pcm = (np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
-    data = pcm.tobytes()
-    header = b"".join([
-        b"RIFF", struct.pack("<I", 36 + len(data)), b"WAVE",
-        b"fmt ", struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16),
-        b"data", struct.pack("<I", len(data)),
-    ])
-    return header + data
+    pcm = np.multiply(np.asarray(audio, dtype=np.float32), np.float32(32767.0))
+    np.clip(pcm, -32767.0, 32767.0, out=pcm)
+    np.rint(pcm, out=pcm)
+    size = 2 * pcm.size
+    wav = bytearray(44 + size)
+    struct.pack_into("<4sI4s4sIHHIIHH4sI", wav, 0, b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, 1,
+                     sample_rate, sample_rate * 2, 2, 16, b"data", size)
+    np.frombuffer(wav, dtype="<i2", offset=44)[:] = pcm
+    return bytes(wav)
 
 
 def audio_part(audio: np.ndarray, sample_rate: int = 16000) -> dict[str, Any]:
@@ -382,19 +389,43 @@ class ChatClient:
 
     async def chat_many(
         self,
-        requests: list[ChatRequest],
+        items: Sequence[Any],
         on_result: Callable[[int, ChatResult], None] | None = None,
+        build: Callable[[Any], ChatRequest] | None = None,
     ) -> list[ChatResult]:
-        """Every request, ``concurrency`` at a time; results in request order. ``on_result(i, r)``
-        is called in the event loop as each finishes (in completion order)."""
+        """Every item, ``concurrency`` at a time; results in item order. ``on_result(i, r)`` is
+        called in the event loop as each finishes (in completion order).
 
-        async def one(i: int, request: ChatRequest) -> ChatResult:
-            result = await self.chat(request)
-            if on_result is not None:
-                on_result(i, result)
-            return result
+        Items are ``ChatRequest``s, or anything ``build`` turns into one, just before its turn:
+        ``2 * concurrency`` workers take items in order, so at most that many requests are built
+        at once (a long list of clips never has every clip's base64 in memory) and a slot that
+        frees finds the next request ready to send. A task per item instead would build the
+        first window, then start and park every other item's task before the first request
+        went out.
+        """
+        results: list[ChatResult | None] = [None] * len(items)
+        todo = iter(range(len(items)))  # shared: each worker takes the next index
 
-        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+        async def worker() -> None:
+            for i in todo:
+                if build is not None:
+                    # Building is the one step here nothing waits on (a built request is already
+                    # queued for every free slot), so it goes after the replies and sends that
+                    # arrived with this one: replies come back in bursts, and each reply's SDK
+                    # path takes a few turns of the loop. At concurrency 64 with 200 ms replies,
+                    # this and the workers took verify_throughput from 0.904 to 0.925 of its
+                    # bound (12 runs each, 2026-11-30); one turn gave about half, more no more.
+                    for _ in range(_BUILD_AFTER_TURNS):
+                        await asyncio.sleep(0)
+                    request = build(items[i])
+                else:
+                    request = items[i]
+                results[i] = result = await self.chat(request)
+                if on_result is not None:
+                    on_result(i, result)
+
+        await asyncio.gather(*(worker() for _ in range(min(len(items), 2 * self.config.concurrency))))
+        return results  # type: ignore[return-value]
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -585,14 +616,15 @@ def run_sync(main: Callable[[], Awaitable[T]]) -> T:
 def run_chat(
     config: ClientConfig,
     model: str,
-    requests: list[ChatRequest],
+    items: Sequence[Any],
     on_result: Callable[[int, ChatResult], None] | None = None,
     api_key: str | None = None,
+    build: Callable[[Any], ChatRequest] | None = None,
 ) -> list[ChatResult]:
     """Synchronous ``chat_many`` with a client opened for the call (see ``run_sync``)."""
 
     async def main() -> list[ChatResult]:
         async with ChatClient(config, model, api_key=api_key) as client:
-            return await client.chat_many(requests, on_result)
+            return await client.chat_many(items, on_result, build)
 
     return run_sync(main)

@@ -123,8 +123,8 @@ class OpenAITeacher:
     ) -> list[TeacherResult]:
         """One result per request, in request order; ``on_result(i, result)`` as each finishes,
         inside the client's event loop (no request is sent while it runs)."""
-        chats = [
-            ChatRequest(
+        def chat(r: TeacherRequest) -> ChatRequest:
+            return ChatRequest(
                 messages=[
                     system_message(TEACHER_SYSTEM),
                     {"role": "user", "content": [*media_parts(r.frames, r.frame_times, self.media),
@@ -137,19 +137,17 @@ class OpenAITeacher:
                 seed=seed,
                 request_id=f"teacher:{r.clip.clip_id}:{seed}",
             )
-            for r in requests
-        ]
 
         def done(i: int, res: ChatResult) -> None:
             if on_result is not None:
                 on_result(i, self._result(requests[i], res, k))
 
-        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.client, self.model, chats, done), strict=True)]
+        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.client, self.model, requests, done, build=chat), strict=True)]
 
     def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
         """One question-synthesis reply per clip (JSON text, parsed by ``questions.parse_proposals``)."""
-        chats = [
-            ChatRequest(
+        def chat(r: TeacherRequest) -> ChatRequest:
+            return ChatRequest(
                 messages=[
                     system_message(QUESTIONS_SYSTEM),
                     {"role": "user", "content": [*media_parts(r.frames, r.frame_times, self.media),
@@ -162,9 +160,8 @@ class OpenAITeacher:
                 seed=seed,
                 request_id=f"questions:{r.clip.clip_id}:{seed}",
             )
-            for r in requests
-        ]
-        return [self._result(r, res, 1) for r, res in zip(requests, run_chat(self.client, self.model, chats), strict=True)]
+
+        return [self._result(r, res, 1) for r, res in zip(requests, run_chat(self.client, self.model, requests, build=chat), strict=True)]
 
     @staticmethod
     def _result(req: TeacherRequest, res: ChatResult, k: int) -> TeacherResult:

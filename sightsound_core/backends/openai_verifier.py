@@ -12,17 +12,15 @@ shard of long clips does not hold every clip's base64 at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Callable
 
 from sightsound_core.backends.base import VerifyRequest, VerifyResult
 from sightsound_core.backends.openai_client import (
-    ChatClient,
     ChatRequest,
     ChatResult,
     audio_part,
-    run_sync,
+    run_chat,
     system_message,
     user_message,
 )
@@ -88,23 +86,16 @@ class OpenAIVerifier:
         on_result: Callable[[int, VerifyResult], None] | None = None,
     ) -> list[VerifyResult]:
         """One result per request, in request order; ``on_result(i, result)`` as each finishes."""
+        results: list[VerifyResult | None] = [None] * len(requests)
 
-        async def main() -> list[VerifyResult]:
-            async with ChatClient(self.client, self.model) as client:
-                window = asyncio.Semaphore(2 * self.client.concurrency)
+        def done(i: int, reply: ChatResult) -> None:
+            if not reply.ok:
+                log.warning("verify %s failed after %d attempts: %s (%s)",
+                            request_id(requests[i]), reply.attempts, reply.error, reply.detail)
+            results[i] = to_result(reply)
+            if on_result is not None:
+                on_result(i, results[i])
 
-                async def one(i: int, req: VerifyRequest) -> VerifyResult:
-                    async with window:
-                        reply = await client.chat(self.chat_request(req))
-                    if not reply.ok:
-                        log.warning("verify %s failed after %d attempts: %s (%s)",
-                                    request_id(req), reply.attempts, reply.error, reply.detail)
-                    result = to_result(reply)
-                    if on_result is not None:
-                        on_result(i, result)
-                    return result
-
-                return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
-
-        return run_sync(main)
+        run_chat(self.client, self.model, requests, done, build=self.chat_request)
+        return results  # type: ignore[return-value]
 

@@ -141,6 +141,29 @@ def test_async_client_streams_results(openai_server):
     assert sorted(seen) == list(range(10)) and all(r.ok for r in results)
 
 
+def test_built_requests_are_built_lazily_in_item_order(openai_server):
+    """With ``build``, each item is built once, in item order, and never more than twice the
+    slots are built and unanswered at once; results come back in item order."""
+    openai_server.configure(latency_s=0.02)
+    built, live, peak = [], set(), [0]
+
+    def build(i):
+        built.append(i)
+        live.add(i)
+        peak[0] = max(peak[0], len(live))
+        return _request(i)
+
+    def done(i, result):
+        live.discard(i)
+
+    results = run_chat(_settings(openai_server, concurrency=3), "fake", list(range(40)), done, build=build)
+    assert built == list(range(40))
+    assert 3 < peak[0] <= 6
+    assert [r.ok for r in results] == [True] * 40
+    assert sorted(openai_server.requests) == sorted(f"item-{i}" for i in range(40))
+    assert openai_server.max_in_flight <= 3
+
+
 def test_media_parts_round_trip():
     audio = (0.5 * np.sin(np.arange(16000) / 10)).astype(np.float32)
     part = audio_part(audio)
