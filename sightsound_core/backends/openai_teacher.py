@@ -123,6 +123,7 @@ class OpenAITeacher:
     ) -> list[TeacherResult]:
         """One result per request, in request order; ``on_result(i, result)`` as each finishes,
         inside the client's event loop (no request is sent while it runs)."""
+
         def chat(r: TeacherRequest) -> ChatRequest:
             return ChatRequest(
                 messages=[
@@ -138,14 +139,19 @@ class OpenAITeacher:
                 request_id=f"teacher:{r.clip.clip_id}:{seed}",
             )
 
-        def done(i: int, res: ChatResult) -> None:
-            if on_result is not None:
-                on_result(i, self._result(requests[i], res, k))
+        results: list[TeacherResult | None] = [None] * len(requests)
 
-        return [self._result(r, res, k) for r, res in zip(requests, run_chat(self.client, self.model, requests, done, build=chat), strict=True)]
+        def done(i: int, res: ChatResult) -> None:
+            results[i] = self._result(requests[i], res, k)
+            if on_result is not None:
+                on_result(i, results[i])
+
+        run_chat(self.client, self.model, requests, done, build=chat)
+        return results  # type: ignore[return-value]
 
     def propose(self, requests: list[TeacherRequest], n: int, seed: int) -> list[TeacherResult]:
         """One question-synthesis reply per clip (JSON text, parsed by ``questions.parse_proposals``)."""
+
         def chat(r: TeacherRequest) -> ChatRequest:
             return ChatRequest(
                 messages=[

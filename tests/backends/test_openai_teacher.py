@@ -63,6 +63,16 @@ def test_k_samples_per_clip_in_one_request_each(openai_server, requests):
     assert any(len({g.text for g in r.samples}) > 1 for r in results)
 
 
+def test_streamed_results_are_the_returned_ones(openai_server, requests):
+    """Each reply becomes one TeacherResult: the one ``on_result`` saw is the one returned (so a
+    short reply's warning is logged once, not once per copy)."""
+    streamed = {}
+    results = _teacher(openai_server).sample_stream(requests, K, seed=3, on_result=streamed.__setitem__)
+    _check_complete(requests, results)
+    assert sorted(streamed) == list(range(len(requests)))
+    assert all(streamed[i] is r for i, r in enumerate(results))
+
+
 def test_429_500_timeouts_and_malformed_bodies_lose_and_duplicate_nothing(openai_server, requests):
     openai_server.configure(p429=0.2, p500=0.2, p_timeout=0.1, p_malformed=0.2, hang_s=5.0, retry_after_s=0.01)
     teacher = _teacher(openai_server, timeout_s=0.5, max_retries=30)
