@@ -42,9 +42,10 @@ client process on that benchmark's path (``benchmarks/client_cpu.py`` under call
 request before, 4.27M after, and a client open 344M before, 100M after; the same path without the
 SDK's layer (its httpx2 client called directly) was 3.41M, with aiohttp alone 2.72M. So the SDK and
 httpx2 still cost about a third of a request's CPU. What brought ``benchmarks/verify_throughput.py``
-at concurrency 64 from 0.904 to 0.925 of its bound (12 runs each, alternating, 2026-11-30; the hand-written client
-it replaced measured 0.927 and 0.934) was scheduling: ``chat_many``'s workers build each request
-after the loop has served the replies of its burst (see there, and benchmarks/README.md).
+at concurrency 64 from 0.904 to 0.925 of its bound (12 runs each, alternating, 2026-11-30; the
+hand-written client it replaced measured 0.927 and 0.934) was scheduling: ``chat_many``'s workers
+build each request after the loop has served the replies of its burst (see there, and
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -414,7 +415,7 @@ class ChatClient:
                     # arrived with this one: replies come back in bursts, and each reply's SDK
                     # path takes a few turns of the loop. At concurrency 64 with 200 ms replies,
                     # this and the workers took verify_throughput from 0.904 to 0.925 of its
-                    # bound (12 runs each, 2026-11-30); one turn gave about half, more no more.
+                    # bound (12 runs each, 2026-11-30); one turn gave about half, more turns nothing more.
                     for _ in range(_BUILD_AFTER_TURNS):
                         await asyncio.sleep(0)
                     request = build(items[i])
